@@ -1,0 +1,54 @@
+"""Augmentations: random crops with tiling of short clips, batched mixup and SpecAugment-style
+time/frequency masking, both applied on the device to a whole batch."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def fit_length(x: np.ndarray, length: int, start: int = 0) -> np.ndarray:
+    """Crop or tile (n_mels, n) to (n_mels, length). Short clips are repeated end to end from
+    `start` (a phase within the clip), long ones cropped at `start`."""
+    n = x.shape[1]
+    if n == 0:
+        raise ValueError("cannot crop a clip with no frames")
+    if n >= length:
+        return x[:, start : start + length]
+    reps = -(-(length + start) // n)
+    return np.tile(x, (1, reps))[:, start : start + length]
+
+
+def random_start(rng: np.random.Generator, n: int, length: int) -> int:
+    """Uniform crop start for a clip of n frames (a tiling phase when the clip is shorter)."""
+    return int(rng.integers(0, n - length + 1)) if n >= length else int(rng.integers(0, n))
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator):
+    """Blend every sample with a random partner: lam ~ Beta(alpha, alpha) per sample, applied to
+    inputs and targets alike. alpha <= 0 returns the batch unchanged."""
+    if alpha <= 0 or len(x) < 2:
+        return x, y
+    lam = torch.as_tensor(rng.beta(alpha, alpha, size=len(x)), dtype=x.dtype, device=x.device)
+    perm = torch.as_tensor(rng.permutation(len(x)), device=x.device)
+    lx = lam.view(-1, *([1] * (x.dim() - 1)))
+    ly = lam.view(-1, *([1] * (y.dim() - 1))).to(y.dtype)
+    return lx * x + (1 - lx) * x[perm], ly * y + (1 - ly) * y[perm]
+
+
+def spec_augment(x: torch.Tensor, rng: np.random.Generator, freq_masks: int = 2, freq_frac: float = 0.15,
+                 time_masks: int = 2, time_frac: float = 0.2) -> torch.Tensor:
+    """Mask `freq_masks` bands of up to `freq_frac` of the mel bins and `time_masks` spans of up
+    to `time_frac` of the frames in each sample of (B, F, T), filling with the sample's mean."""
+    b, f, t = x.shape
+    fill = x.mean(dim=(1, 2), keepdim=True)
+    keep = torch.ones_like(x, dtype=torch.bool)
+    for n_masks, frac, size, dim in ((freq_masks, freq_frac, f, 1), (time_masks, time_frac, t, 2)):
+        width = rng.integers(0, int(frac * size) + 1, size=(n_masks, b))
+        start = rng.integers(0, size, size=(n_masks, b))
+        pos = torch.arange(size, device=x.device)
+        for w, s in zip(width, start):
+            s_t = torch.as_tensor(s, device=x.device).view(b, 1)
+            w_t = torch.as_tensor(w, device=x.device).view(b, 1)
+            hit = (pos >= s_t) & (pos < s_t + w_t)  # (B, size)
+            keep &= ~(hit.view(b, size, 1) if dim == 1 else hit.view(b, 1, size))
+    return torch.where(keep, x, fill)

@@ -1,0 +1,118 @@
+"""The CNN on log-mel crops, with an input front end that adds channels (deltas, MFCC).
+
+Input: (batch, n_mels, frames) log-mel dB. The front end stacks the requested channels
+(`mel`, `delta`, `delta2`, `mfcc`), normalises them with a BatchNorm, and a VGG-like stack of
+conv blocks (two 3x3 conv + BN + ReLU, then 2x2 average pooling) feeds a head that averages over
+frequency, takes mean + max over time, and maps to one logit per class. Any crop length works.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+import torch
+from scipy.signal import savgol_coeffs
+from torch import nn
+
+CHANNELS = ("mel", "delta", "delta2", "mfcc")
+
+
+class FrontEnd(nn.Module):
+    """Builds the input channels from a log-mel batch. Deltas follow librosa.feature.delta
+    (Savitzky-Golay derivative, width 9) with edge replication at the borders; `mfcc` is the
+    orthonormal DCT-II over mel bands (librosa.feature.mfcc with n_mfcc = n_mels)."""
+
+    def __init__(self, channels, n_mels: int, delta_width: int = 9):
+        super().__init__()
+        bad = [c for c in channels if c not in CHANNELS]
+        if bad or not channels:
+            raise ValueError(f"model.channels must be a non-empty subset of {CHANNELS}, got {channels}")
+        self.channels = list(channels)
+        self.pad = delta_width // 2
+        for order in (1, 2):
+            k = savgol_coeffs(delta_width, polyorder=order, deriv=order, use="dot")
+            self.register_buffer(f"delta{order}", torch.tensor(k, dtype=torch.float32).view(1, 1, -1))
+        dct = scipy.fft.dct(np.eye(n_mels), type=2, norm="ortho", axis=0)
+        self.register_buffer("dct", torch.tensor(dct, dtype=torch.float32))
+        self.norm = nn.BatchNorm2d(len(self.channels))
+
+    def _delta(self, x, order):
+        b, f, t = x.shape
+        y = nn.functional.pad(x.reshape(b * f, 1, t), (self.pad, self.pad), mode="replicate")
+        return nn.functional.conv1d(y, getattr(self, f"delta{order}")).view(b, f, t)
+
+    def forward(self, x):  # x: (B, F, T)
+        out = []
+        for c in self.channels:
+            if c == "mel":
+                out.append(x)
+            elif c == "delta":
+                out.append(self._delta(x, 1))
+            elif c == "delta2":
+                out.append(self._delta(x, 2))
+            else:
+                out.append(torch.einsum("kf,bft->bkt", self.dct, x))
+        return self.norm(torch.stack(out, dim=1))
+
+
+def _block(cin, cout):
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.AvgPool2d(2),
+    )
+
+
+class AudioCNN(nn.Module):
+    def __init__(self, n_classes: int, n_mels: int, channels=("mel",), base_channels: int = 16,
+                 n_blocks: int = 4, dropout: float = 0.3):
+        super().__init__()
+        self.front = FrontEnd(channels, n_mels)
+        widths = [base_channels * 2**i for i in range(n_blocks)]
+        cins = [len(self.front.channels)] + widths[:-1]
+        self.features = nn.Sequential(*[_block(a, b) for a, b in zip(cins, widths)])
+        self.head = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(2 * widths[-1], widths[-1]), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(widths[-1], n_classes),
+        )
+
+    def embed(self, x):
+        h = self.features(self.front(x)).mean(dim=2)  # (B, C, T')
+        return torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
+
+    def forward(self, x):
+        return self.head(self.embed(x))
+
+
+def build(model_cfg: dict, n_classes: int, n_mels: int) -> AudioCNN:
+    return AudioCNN(
+        n_classes=n_classes, n_mels=n_mels, channels=tuple(model_cfg.get("channels", ["mel"])),
+        base_channels=int(model_cfg["base_channels"]), n_blocks=int(model_cfg["n_blocks"]),
+        dropout=float(model_cfg.get("dropout", 0.3)),
+    )
+
+
+def save(path, model: AudioCNN, model_cfg: dict, classes, n_mels: int, extra: dict | None = None) -> None:
+    """Checkpoint with everything needed to rebuild the model (written atomically)."""
+    from fat.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "model_cfg": dict(model_cfg), "classes": list(classes),
+                    "n_mels": n_mels, **(extra or {})}, tmp)
+
+
+def load(path, map_location="cpu") -> tuple[AudioCNN, dict]:
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    model = build(ckpt["model_cfg"], len(ckpt["classes"]), ckpt["n_mels"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model, ckpt
+
+
+def load_backbone(model: AudioCNN, path) -> None:
+    """Initialise everything but the last classifier layer from a checkpoint (transfer)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    own = model.state_dict()
+    shared = {k: v for k, v in ckpt["state_dict"].items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in shared and not k.startswith("head.4.")]
+    if missing:
+        raise ValueError(f"{path}: checkpoint does not match the model architecture (missing {missing[:3]})")
+    model.load_state_dict(shared, strict=False)

@@ -1,0 +1,102 @@
+"""Clip-level prediction from fixed-length windows, and test-time augmentation (TTA).
+
+A clip of any length is cut into windows of the training crop length (clips shorter than a window
+are tiled); the model scores every window and the clip's probabilities are the mean over its
+windows. `plain` uses non-overlapping windows. `tta` averages several *views* — overlapping
+windows at shifted phases and SpecAugment-masked copies — and blends them with the plain
+prediction: p = beta * plain + (1 - beta) * mean(views).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from fat.log import progress
+
+from fat.augment import fit_length, spec_augment
+from fat.features import FeatureStore
+
+
+def window_starts(n: int, length: int, step: int, offset: int = 0) -> list[int]:
+    """Window starts covering a clip of n frames; the last window is aligned to the clip end."""
+    if step <= 0:
+        raise ValueError(f"window step must be positive, got {step}")
+    if n <= length:
+        return [offset % n if n else 0]
+    last = n - length
+    starts = list(range(min(offset, last), last + 1, step))
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+@torch.no_grad()
+def predict_windows(model, store: FeatureStore, rows, length: int, step: int, *, device, batch_size: int = 64,
+                    offset: int = 0, mask_rng: np.random.Generator | None = None, mask_cfg: dict | None = None,
+                    desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, logits) per clip, each the mean over the clip's windows."""
+    model.eval()
+    rows = np.asarray(rows)
+    n_classes = None
+    probs_sum = logit_sum = None
+    counts = np.zeros(len(rows))
+    batch, owners = [], []
+
+    def flush():
+        nonlocal probs_sum, logit_sum, n_classes
+        x = torch.from_numpy(np.stack(batch)).to(device)
+        if mask_rng is not None:
+            x = spec_augment(x, mask_rng, **(mask_cfg or {}))
+        logits = model(x).float()
+        p = torch.sigmoid(logits).cpu().numpy().astype(np.float64)
+        lg = logits.cpu().numpy().astype(np.float64)
+        if probs_sum is None:
+            n_classes = p.shape[1]
+            probs_sum = np.zeros((len(rows), n_classes))
+            logit_sum = np.zeros((len(rows), n_classes))
+        np.add.at(probs_sum, owners, p)
+        np.add.at(logit_sum, owners, lg)
+        batch.clear()
+        owners.clear()
+
+    for i, r in enumerate(progress(rows, desc=desc, disable=None if desc else True, leave=False)):
+        n = int(store.lengths[r])
+        clip = store.clip(r)
+        for s in window_starts(n, length, step, offset):
+            batch.append(np.ascontiguousarray(fit_length(clip, length, s)))
+            owners.append(i)
+            counts[i] += 1
+            if len(batch) == batch_size:
+                flush()
+    if batch:
+        flush()
+    if probs_sum is None:
+        raise ValueError("no clips to predict")
+    return probs_sum / counts[:, None], logit_sum / counts[:, None]
+
+
+def predict_plain(model, store, rows, length, *, device, batch_size=64, desc=None) -> np.ndarray:
+    return predict_windows(model, store, rows, length, length, device=device, batch_size=batch_size, desc=desc)[0]
+
+
+def tta_views(length: int, tta_cfg: dict) -> list[dict]:
+    """The augmented views: overlapping windows at `shifts` phases, then `masked` masked copies."""
+    step = max(1, int(length * float(tta_cfg["overlap_step"])))
+    views = [{"step": step, "offset": int(round(f * step)), "masked": False} for f in tta_cfg["shifts"]]
+    views += [{"step": step, "offset": 0, "masked": True, "i": i} for i in range(int(tta_cfg["masked"]))]
+    return views
+
+
+def predict_tta(model, store, rows, length, tta_cfg: dict, mask_cfg: dict, *, device, seed: int,
+                batch_size=64, desc=None) -> tuple[np.ndarray, np.ndarray]:
+    """(plain, tta) probabilities. Deterministic for a given seed."""
+    plain = predict_plain(model, store, rows, length, device=device, batch_size=batch_size, desc=desc)
+    views = []
+    for v in tta_views(length, tta_cfg):
+        rng = np.random.default_rng([seed, v.get("i", 0)]) if v["masked"] else None
+        p, _ = predict_windows(model, store, rows, length, v["step"], device=device, batch_size=batch_size,
+                               offset=v["offset"], mask_rng=rng, mask_cfg=mask_cfg if v["masked"] else None)
+        views.append(p)
+    beta = float(tta_cfg["beta"])
+    if not views:
+        return plain, plain
+    return plain, beta * plain + (1 - beta) * np.mean(views, axis=0)

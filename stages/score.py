@@ -1,0 +1,20 @@
+"""Stage `score@family`: per-fold and overall out-of-fold lwlrap of a family (+ test lwlrap)."""
+import argparse
+
+from fat import family, log, params
+from fat.io import write_json
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("family", choices=family.FOLD_FAMILIES)
+    args = ap.parse_args()
+    logger = log.setup(f"score@{args.family}")
+    p = params.load()
+    result = family.score_family(args.family, list(p["cv"]["folds"]))
+    write_json(f"metrics/{args.family}.json", result)
+    logger.info("%s: %s", args.family, result)
+
+
+if __name__ == "__main__":
+    main()
