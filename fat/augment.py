@@ -7,13 +7,15 @@ import torch
 
 
 def fit_length(x: np.ndarray, length: int, start: int = 0) -> np.ndarray:
-    """Crop or tile (n_mels, n) to (n_mels, length). Short clips are repeated end to end from
-    `start` (a phase within the clip), long ones cropped at `start`."""
+    """Crop or tile (n_mels, n) to (n_mels, length). Clips no longer than `length` are repeated
+    end to end from `start` (a phase within the clip), longer ones cropped at `start`."""
     n = x.shape[1]
     if n == 0:
         raise ValueError("cannot crop a clip with no frames")
-    if n >= length:
+    if 0 <= start <= n - length:
         return x[:, start : start + length]
+    if n > length or start < 0:
+        raise ValueError(f"crop start {start} out of range for a clip of {n} frames and crop {length}")
     reps = -(-(length + start) // n)
     return np.tile(x, (1, reps))[:, start : start + length]
 

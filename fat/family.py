@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,44 +19,14 @@ from torch.utils.data import ConcatDataset
 
 from fat import data, metrics, models
 from fat.features import FeatureStore
+from fat.layout import Layout
 from fat.io import load_predictions, save_predictions, write_csv
-from fat.predict import predict_plain
-from fat.train import CropDataset, evaluate, fit, pick_device
+from fat.predict import predict_plain, predict_tta
+from fat.train import CropDataset, evaluate, fit, pick_device, seed_everything
 
 log = logging.getLogger("fat.family")
 
 FOLD_FAMILIES = ("baseline", "finetune", "retrain")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the pipeline keeps things (relative to the project root)."""
-
-    root: Path = Path(".")
-
-    @property
-    def raw(self) -> Path:
-        return self.root / "data/raw"
-
-    def features(self, split: str) -> Path:
-        return self.root / "data/features" / split
-
-    @property
-    def folds(self) -> Path:
-        return self.root / "data/folds.csv"
-
-    @property
-    def pretrain(self) -> Path:
-        return self.root / "data/models/pretrain"
-
-    def member(self, family: str, fold: int) -> Path:
-        return self.root / "data/models" / family / f"fold{fold}"
-
-    def pseudo(self, fold: int) -> Path:
-        return self.root / "data/pseudo" / f"fold{fold}"
-
-    def preds(self, family: str, fold: int) -> Path:
-        return self.root / "data/preds" / family / f"fold{fold}"
 
 
 def member_seed(seed: int, fold: int) -> int:
@@ -104,6 +72,7 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
     train_cfg = family_train_cfg(params, family)
     crop = int(train_cfg["crop_frames"])
     seed = member_seed(params["seed"], fold)
+    seed_everything(seed)  # the model's initial weights come from the seeded global RNG
     model = models.build(params["model"], len(classes), store.n_mels)
     fam_cfg = params.get(family, {})
     if family == "finetune" or (family == "retrain" and fam_cfg.get("init") == "pretrain"):
@@ -119,13 +88,16 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
             n_pseudo = len(p_fnames)
     train_data = datasets[0] if len(datasets) == 1 else ConcatCrops(datasets)
 
+    last: dict = {}
+
     def validate(m):
-        return evaluate(m, store, va_rows, va_y, crop, device=device)
+        last.update(evaluate(m, store, va_rows, va_y, crop, device=device))
+        return last
 
     history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
                   augment_cfg=params["augment"], seed=seed, device=device, validate=validate,
                   desc=f"{family}@{fold}")
-    final = validate(model)
+    final = last  # fit validates after the last epoch
     test_store = FeatureStore.open(layout.features("test"))
     test_probs = predict_plain(model, test_store, np.arange(len(test_store)), crop, device=device)
 
@@ -145,6 +117,42 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
     return result
 
 
+def train_pretrain(params: dict, layout: Layout = Layout()) -> dict:
+    """Train on the whole noisy set with its own labels; score on the curated set (never seen)."""
+    t0 = time.perf_counter()
+    device = pick_device()
+    classes = data.vocabulary(layout.raw)
+    noisy = FeatureStore.open(layout.features("noisy"))
+    noisy_table = data.split_table(layout.raw, "noisy")
+    curated = FeatureStore.open(layout.features("curated"))
+    cur_table = data.split_table(layout.raw, "curated")
+    cur_rows, cur_y = curated.position(cur_table["fname"]), data.multi_hot(cur_table["labels"], classes)
+    train_cfg = family_train_cfg(params, "pretrain")
+    crop = int(train_cfg["crop_frames"])
+    seed = member_seed(params["seed"], 99)
+    seed_everything(seed)
+    model = models.build(params["model"], len(classes), noisy.n_mels)
+    train_data = CropDataset(noisy, noisy.position(noisy_table["fname"]),
+                             data.multi_hot(noisy_table["labels"], classes), crop, seed)
+    last: dict = {}
+
+    def validate(m):
+        last.update(evaluate(m, curated, cur_rows, cur_y, crop, device=device))
+        return last
+
+    history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
+                  augment_cfg=params["augment"], seed=seed, device=device, validate=validate, desc="pretrain")
+    out = layout.pretrain
+    models.save(out / "model.pt", model.cpu(), params["model"], classes, noisy.n_mels,
+                extra={"family": "pretrain", "crop_frames": crop})
+    write_csv(out / "history.csv", pd.DataFrame(history))
+    result = {"curated_lwlrap": round(last["lwlrap"], 6), "curated_loss": round(last["loss"], 6),
+              "train_clips": len(train_data), "epochs": int(train_cfg["epochs"]),
+              "seconds": round(time.perf_counter() - t0, 1), "device": device.type}
+    log.info("pretrain done: %s", result)
+    return result
+
+
 class ConcatCrops(ConcatDataset):
     """Concatenation of CropDatasets that forwards the epoch number to each part."""
 
@@ -159,27 +167,51 @@ class ConcatCrops(ConcatDataset):
 
 
 def score_family(family: str, folds: list[int], layout: Layout = Layout()) -> dict:
-    """Per-fold and overall OOF lwlrap of a family's plain predictions, plus the test lwlrap of
+    """Per-fold and overall OOF lwlrap of a family, plain and with TTA, plus the test lwlrap of
     the fold-averaged test predictions when test labels exist."""
     classes = data.vocabulary(layout.raw)
     truth = data.split_table(layout.raw, "curated").set_index("fname")
-    fn_all, p_all, per_fold = [], [], {}
-    for k in folds:
-        fn, p = load_predictions(layout.member(family, k) / "oof.csv", classes)
-        y = data.multi_hot(truth.loc[fn, "labels"], classes)
-        per_fold[f"fold{k}"] = round(metrics.lwlrap(y, p), 6)
-        fn_all += fn
-        p_all.append(p)
-    p_all = np.concatenate(p_all)
-    if len(set(fn_all)) != len(fn_all):
-        raise ValueError(f"{family}: out-of-fold predictions overlap between folds")
-    y_all = data.multi_hot(truth.loc[fn_all, "labels"], classes)
-    out = {"oof_lwlrap": round(metrics.lwlrap(y_all, p_all), 6), "folds": per_fold, "oof_clips": len(fn_all)}
-    if data.has_test_labels(layout.raw):
-        test = data.split_table(layout.raw, "test").set_index("fname")
-        tests = [load_predictions(layout.member(family, k) / "test.csv", classes) for k in folds]
-        fn = tests[0][0]
-        p = np.mean([t[1] for t in tests], axis=0)
-        out["test_lwlrap"] = round(metrics.lwlrap(data.multi_hot(test.loc[fn, "labels"], classes), p), 6)
+    test = data.split_table(layout.raw, "test").set_index("fname") if data.has_test_labels(layout.raw) else None
+    out: dict = {"folds": {f"fold{k}": {} for k in folds}}
+    for variant, where in (("plain", layout.member), ("tta", layout.preds)):
+        suffix = "" if variant == "plain" else "_tta"
+        fn_all, p_all, tests = [], [], []
+        for k in folds:
+            fn, p = load_predictions(where(family, k) / "oof.csv", classes)
+            out["folds"][f"fold{k}"][variant] = round(metrics.lwlrap(data.multi_hot(truth.loc[fn, "labels"], classes), p), 6)
+            fn_all += fn
+            p_all.append(p)
+            tests.append(load_predictions(where(family, k) / "test.csv", classes))
+        if len(set(fn_all)) != len(fn_all):
+            raise ValueError(f"{family}: out-of-fold predictions overlap between folds")
+        y_all = data.multi_hot(truth.loc[fn_all, "labels"], classes)
+        out[f"oof_lwlrap{suffix}"] = round(metrics.lwlrap(y_all, np.concatenate(p_all)), 6)
+        if test is not None:
+            fn = tests[0][0]
+            p = np.mean([t[1] for t in tests], axis=0)
+            out[f"test_lwlrap{suffix}"] = round(metrics.lwlrap(data.multi_hot(test.loc[fn, "labels"], classes), p), 6)
+    out["oof_clips"] = len(fn_all)
+    out["folds"] = out.pop("folds")  # keep the per-fold table last
     return out
 
+
+def predict_member(family: str, fold: int, params: dict, layout: Layout = Layout()) -> dict:
+    """Test-time-augmented predictions of member `family@fold` on its OOF clips and the test set,
+    written to data/preds/<family>/fold<k>/{oof,test}.csv. Returns plain vs TTA OOF lwlrap."""
+    device = pick_device()
+    classes, store, _, _, va_rows, va_y, va_fnames = curated_split(layout, fold)
+    model, ckpt = models.load(layout.member(family, fold) / "model.pt")
+    model.to(device)
+    crop = int(ckpt["crop_frames"])
+    test_store = FeatureStore.open(layout.features("test"))
+    seed = member_seed(params["seed"], fold)
+    mask_cfg = {k: params["augment"][k] for k in ("freq_masks", "freq_frac", "time_masks", "time_frac")}
+    oof_plain, oof_tta = predict_tta(model, store, va_rows, crop, params["tta"], mask_cfg, device=device, seed=seed,
+                                     desc=f"TTA {family}@{fold} oof")
+    _, test_tta = predict_tta(model, test_store, np.arange(len(test_store)), crop, params["tta"], mask_cfg,
+                              device=device, seed=seed + 1, desc=f"TTA {family}@{fold} test")
+    out = layout.preds(family, fold)
+    save_predictions(out / "oof.csv", va_fnames, oof_tta, classes)
+    save_predictions(out / "test.csv", test_store.fnames, test_tta, classes)
+    return {"fold": fold, "oof_lwlrap_plain": round(metrics.lwlrap(va_y, oof_plain), 6),
+            "oof_lwlrap_tta": round(metrics.lwlrap(va_y, oof_tta), 6)}

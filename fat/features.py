@@ -28,7 +28,7 @@ _HEADER_LEN = 256  # bytes reserved for the .npy header so the array can be stre
 def log_mel(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax) -> np.ndarray:
     """Power mel spectrogram in dB (ref 1.0, amin 1e-10, no top_db): float32 (n_mels, frames)."""
     mel = librosa.feature.melspectrogram(
-        y=np.asarray(y, dtype=np.float32), sr=sr, n_fft=n_fft, hop_length=hop_length,
+        y=np.asarray(y), sr=sr, n_fft=n_fft, hop_length=hop_length,
         n_mels=n_mels, fmin=fmin, fmax=fmax, power=2.0,
     )
     return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).astype(np.float32)

@@ -3,7 +3,8 @@
 Input: (batch, n_mels, frames) log-mel dB. The front end stacks the requested channels
 (`mel`, `delta`, `delta2`, `mfcc`), normalises them with a BatchNorm, and a VGG-like stack of
 conv blocks (two 3x3 conv + BN + ReLU, then 2x2 average pooling) feeds a head that averages over
-frequency, takes mean + max over time, and maps to one logit per class. Any crop length works.
+frequency, takes mean + max over time, and maps to one logit per class. Any crop of at least
+2**n_blocks frames (and as many mel bands) works.
 """
 from __future__ import annotations
 

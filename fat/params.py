@@ -6,9 +6,12 @@ are partial params files merged over the current one by :func:`apply_preset`, pr
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 
 import yaml
+
+from fat.io import atomic_path
 
 PRESETS_DIR = Path(__file__).with_name("presets")
 
@@ -80,10 +83,11 @@ def apply_preset(name: str, params_path: str | Path = "params.yaml") -> dict:
                 node[key] = value
 
     _merge(doc, preset)
-    tmp = params_path.with_suffix(params_path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        ry.dump(doc, f)
-    merged = yaml.safe_load(tmp.read_text())
+
+    buf = io.StringIO()
+    ry.dump(doc, buf)
+    merged = yaml.safe_load(buf.getvalue())
     check_folds(merged, params_path)
-    tmp.replace(params_path)
+    with atomic_path(params_path) as tmp:
+        tmp.write_text(buf.getvalue())
     return merged

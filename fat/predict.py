@@ -20,7 +20,7 @@ def window_starts(n: int, length: int, step: int, offset: int = 0) -> list[int]:
     """Window starts covering a clip of n frames; the last window is aligned to the clip end."""
     if step <= 0:
         raise ValueError(f"window step must be positive, got {step}")
-    if n <= length:
+    if n <= length:  # one window, tiled from a phase inside the clip
         return [offset % n if n else 0]
     last = n - length
     starts = list(range(min(offset, last), last + 1, step))

@@ -1,7 +1,7 @@
 """Stage `prepare`: bring data.source (the embedded generator or a FAT2019-layout directory) into data/raw."""
 import argparse
 
-from fat import data, log, params
+from fat import log, params, prepare
 from fat.io import write_json
 
 
@@ -12,7 +12,7 @@ def main():
     args = ap.parse_args()
     logger = log.setup("prepare")
     p = params.load()
-    stats = data.prepare(str(p["data"]["source"]), args.out, p["synth"], seed=int(p["seed"]),
+    stats = prepare.prepare(str(p["data"]["source"]), args.out, p["synth"], seed=int(p["seed"]),
                          n_jobs=int(p["data"].get("n_jobs", 0)))
     write_json(args.metrics, stats)
     logger.info("wrote %s: %s", args.out, {k: v for k, v in stats.items() if k.endswith("clips")})

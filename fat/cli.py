@@ -1,0 +1,115 @@
+"""The `fat` command: helpers around the DVC pipeline (which itself runs with `dvc repro`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+DESCRIPTION = """\
+fat: a reproducible FAT2019-style audio tagging pipeline, run by DVC.
+
+The pipeline itself runs with `dvc repro` (all stages) or `dvc exp run -S key=value`
+(a variant). These subcommands help around it."""
+
+
+def _preset(args) -> int:
+    from fat import params
+
+    if args.list or not args.name:
+        for name in params.preset_names():
+            first = (params.PRESETS_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+            print(f"{name:10s} {first}")
+        return 0
+    params.apply_preset(args.name, args.params)
+    print(f"applied preset {args.name!r} to {args.params}; run `dvc repro` to rebuild what it changes")
+    return 0
+
+
+def _validate(args) -> int:
+    from fat import prepare
+
+    problems = prepare.validate_layout(args.directory)
+    for p in problems:
+        print(p)
+    print(f"{args.directory}: {'OK, a valid FAT2019 layout' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+def _score(args) -> int:
+    from fat import data, metrics
+    from fat.io import load_predictions
+
+    fnames, probs = load_predictions(args.predictions)
+    cols = list(pd.read_csv(args.predictions, nrows=0).columns[1:])
+    truth = data.read_labels(args.labels, cols).set_index("fname")
+    missing = [f for f in fnames if f not in truth.index]
+    if missing:
+        raise SystemExit(f"{args.labels}: no labels for {len(missing)} predicted clips, e.g. {missing[:3]}")
+    y = data.multi_hot(truth.loc[fnames, "labels"], cols)
+    keep = y.sum(axis=1) > 0
+    out = {"lwlrap": round(metrics.lwlrap(y[keep], probs[keep]), 6), "clips": int(keep.sum())}
+    print(json.dumps(out))
+    return 0
+
+
+def _synth(args) -> int:
+    from fat import params, prepare
+
+    if args.out.exists():
+        raise ValueError(f"{args.out}: already exists; choose a new directory")
+    p = params.load(args.params)
+    stats = prepare.prepare("synthetic", args.out, p["synth"], seed=int(p["seed"] if args.seed is None else args.seed),
+                            n_jobs=args.jobs)
+    print(json.dumps({k: v for k, v in stats.items() if k.endswith("clips")}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fat", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("preset", help="merge a params preset (tiny, fat2019) into params.yaml, keeping comments")
+    p.add_argument("name", nargs="?", help="preset name; omit (or --list) to list them")
+    p.add_argument("--list", action="store_true", help="list the presets")
+    p.add_argument("--params", default="params.yaml", help="params file to update (default: %(default)s)")
+    p.set_defaults(func=_preset)
+
+    p = sub.add_parser("validate", help="check a directory in the FAT2019 layout; prints every problem")
+    p.add_argument("directory", type=Path)
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("score", help="lwlrap of a Kaggle-format predictions CSV against a fname,labels CSV")
+    p.add_argument("predictions", type=Path, help="fname + one probability column per class")
+    p.add_argument("labels", type=Path, help="fname,labels (comma-joined)")
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser("synth", help="write the embedded synthetic dataset (FAT2019 layout) to a directory")
+    p.add_argument("out", type=Path, help="output directory (must not exist)")
+    p.add_argument("--params", default="params.yaml", help="params file with the synth section (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="override the params seed")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (0 = all cores)")
+    p.set_defaults(func=_synth)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return 0
+    from fat import log
+
+    log.setup("fat")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"fat {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

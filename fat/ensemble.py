@@ -1,0 +1,226 @@
+"""Ensembling the model families.
+
+Each member is a family: its out-of-fold (OOF) predictions cover every curated clip once, its
+test predictions are the average over its fold models. Members are compared by Pearson
+correlation of their OOF matrices (flattened over clips x classes). Going from the best member
+(by OOF lwlrap) down, a member is dropped when its correlation with a better member that was
+kept exceeds `ensemble.max_corr` — it would add little but its own errors. The kept members are
+combined by
+  mean      plain average of probabilities;
+  weighted  non-negative weights summing to 1, fitted on OOF by a grid search over the simplex;
+  stack     a logistic regression on the members' logits, shared by all classes.
+With `guard` on, a combination is used only if, on the rows it is fitted on, it scores at least
+as well as the best single kept member; otherwise that member alone is the ensemble ("combine
+only when it helps"). Everything fitted — weights, the stacker, the guard's choice — is scored
+with nested cross-validation over the curated folds (fold k's rows combined by a combiner fitted
+on the other folds' OOF only); the in-sample score is reported separately, labelled as such.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+from fat import data, metrics
+from fat.io import load_predictions
+from fat.layout import Layout
+
+METHODS = ("mean", "weighted", "stack")
+
+
+def load_member(family: str, folds: list[int], layout: Layout, tta: bool, fold_agg: str = "mean"):
+    """(OOF fnames, OOF probs, test fnames, test probs averaged over folds) of one family."""
+    where = layout.preds if tta else layout.member
+    oof_fn, oof_p, tests = [], [], []
+    test_fn = None
+    for k in folds:
+        fn, p = load_predictions(where(family, k) / "oof.csv")
+        oof_fn += fn
+        oof_p.append(p)
+        tfn, tp = load_predictions(where(family, k) / "test.csv")
+        if test_fn is not None and tfn != test_fn:
+            raise ValueError(f"{where(family, k) / 'test.csv'}: test clips differ from fold {folds[0]}")
+        test_fn = tfn
+        tests.append(tp)
+    return oof_fn, np.concatenate(oof_p), test_fn, aggregate_folds(tests, fold_agg)
+
+
+def aggregate_folds(preds: list[np.ndarray], how: str = "mean") -> np.ndarray:
+    stack = np.stack(preds)
+    if how == "mean":
+        return stack.mean(axis=0)
+    if how == "geomean":
+        return np.exp(np.log(np.clip(stack, 1e-9, 1.0)).mean(axis=0))
+    raise ValueError(f"ensemble.fold_agg must be 'mean' or 'geomean', got {how!r}")
+
+
+def correlation_matrix(oofs: dict[str, np.ndarray]) -> pd.DataFrame:
+    names = list(oofs)
+    flat = np.stack([np.asarray(oofs[n], dtype=np.float64).ravel() for n in names])
+    return pd.DataFrame(np.corrcoef(flat), index=names, columns=names)
+
+
+def correlation_filter(scores: dict[str, float], corr: pd.DataFrame, max_corr: float):
+    """(kept names best first, {dropped: {"correlated_with": better kept member, "r": r}})."""
+    kept, dropped = [], {}
+    for name in sorted(scores, key=lambda n: (-scores[n], n)):
+        clash = [(float(corr.loc[name, k]), k) for k in kept if corr.loc[name, k] > max_corr]
+        if clash:
+            r, k = max(clash)
+            dropped[name] = {"correlated_with": k, "r": round(r, 4)}
+        else:
+            kept.append(name)
+    return kept, dropped
+
+
+def simplex_grid(m: int, step: float) -> np.ndarray:
+    """All weight vectors of m non-negative multiples of `step` summing to 1."""
+    units = int(round(1 / step)) if step > 0 else 0
+    if units < 1 or abs(units * step - 1) > 1e-9:
+        raise ValueError(f"ensemble.weight_step must divide 1, got {step}")
+    out = []
+    for bars in itertools.combinations(range(units + m - 1), m - 1):
+        edges = (-1,) + bars + (units + m - 1,)
+        out.append([edges[i + 1] - edges[i] - 1 for i in range(m)])
+    return np.asarray(out, dtype=np.float64) / units
+
+
+def fit_weights(probs: list[np.ndarray], truth: np.ndarray, step: float) -> np.ndarray:
+    """The simplex-grid weights with the best lwlrap (ties: the most even weights)."""
+    grid = simplex_grid(len(probs), step)
+    stacked = np.stack(probs)
+    scores = [metrics.lwlrap(truth, np.tensordot(w, stacked, axes=1)) for w in grid]
+    best = max(range(len(grid)), key=lambda i: (round(scores[i], 12), -np.abs(grid[i] - 1 / len(probs)).sum()))
+    return grid[best]
+
+
+def _logits(p):
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def fit_stack(probs: list[np.ndarray], truth: np.ndarray, seed: int) -> LogisticRegression:
+    x = np.stack([_logits(p).ravel() for p in probs], axis=1)
+    return LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, truth.ravel())
+
+
+def apply_stack(model: LogisticRegression, probs: list[np.ndarray]) -> np.ndarray:
+    x = np.stack([_logits(p).ravel() for p in probs], axis=1)
+    return model.predict_proba(x)[:, 1].reshape(probs[0].shape)
+
+
+class Combiner:
+    """Fits a combination on OOF (`fit`) and applies it to any aligned member predictions."""
+
+    def __init__(self, method: str, weight_step: float = 0.1, seed: int = 0, guard: bool = False):
+        if method not in METHODS:
+            raise ValueError(f"ensemble.method must be one of {METHODS}, got {method!r}")
+        self.method, self.weight_step, self.seed, self.guard = method, weight_step, seed, guard
+        self.weights = None
+        self.stack = None
+        self.single: int | None = None  # index of the member used alone when the guard trips
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the combination depends on the data it was fitted on (then score it nested)."""
+        return self.method != "mean" or self.guard
+
+    def clone(self) -> "Combiner":
+        return Combiner(self.method, self.weight_step, self.seed, self.guard)
+
+    def fit(self, probs: list[np.ndarray], truth: np.ndarray) -> "Combiner":
+        self.single = None
+        if self.method == "weighted":
+            self.weights = fit_weights(probs, truth, self.weight_step)
+        elif self.method == "stack":
+            self.stack = fit_stack(probs, truth, self.seed)
+        if self.guard and len(probs) > 1:
+            singles = [metrics.lwlrap(truth, p) for p in probs]
+            if max(singles) > metrics.lwlrap(truth, self(probs)):
+                self.single = int(np.argmax(singles))
+        return self
+
+    def __call__(self, probs: list[np.ndarray]) -> np.ndarray:
+        if self.single is not None:
+            return probs[self.single]
+        if self.method == "mean":
+            return np.mean(probs, axis=0)
+        if self.method == "weighted":
+            return np.tensordot(self.weights, np.stack(probs), axes=1)
+        return apply_stack(self.stack, probs)
+
+
+def nested_oof(probs: list[np.ndarray], truth: np.ndarray, fold_of: np.ndarray, combiner: Combiner) -> np.ndarray:
+    """OOF combination where fold k's rows are combined by a combiner fitted on the other folds."""
+    out = np.zeros_like(probs[0])
+    for k in np.unique(fold_of):
+        va = fold_of == k
+        c = combiner.clone().fit([p[~va] for p in probs], truth[~va])
+        out[va] = c([p[va] for p in probs])
+    return out
+
+
+def run(params: dict, layout: Layout = Layout()) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Build the ensemble. Returns (metrics, submission frame, per-class lwlrap frame)."""
+    cfg = params["ensemble"]
+    folds = list(params["cv"]["folds"])
+    classes = data.vocabulary(layout.raw)
+    curated = data.split_table(layout.raw, "curated").set_index("fname")
+    fold_table = pd.read_csv(layout.folds, dtype={"fname": str}).set_index("fname")
+
+    oof, test, test_fn, order = {}, {}, None, None
+    for fam in cfg["members"]:
+        fn, p, tfn, tp = load_member(fam, folds, layout, bool(cfg["use_tta"]), cfg.get("fold_agg", "mean"))
+        if order is None:
+            order, test_fn = fn, tfn
+        elif sorted(fn) != sorted(order) or tfn != test_fn:
+            raise ValueError(f"member {fam}: OOF or test clips differ from member {cfg['members'][0]}")
+        pos = pd.Series(np.arange(len(fn)), index=fn)
+        oof[fam], test[fam] = p[pos.loc[order].to_numpy()], tp
+    truth = data.multi_hot(curated.loc[order, "labels"], classes)
+    fold_of = fold_table.loc[order, "fold"].to_numpy()
+
+    test_truth = None
+    if data.has_test_labels(layout.raw):
+        tt = data.split_table(layout.raw, "test").set_index("fname")
+        test_truth = data.multi_hot(tt.loc[test_fn, "labels"], classes)
+
+    scores = {m: metrics.lwlrap(truth, p) for m, p in oof.items()}
+    corr = correlation_matrix(oof)
+    kept, dropped = correlation_filter(scores, corr, float(cfg["max_corr"]))
+
+    combiner = Combiner(cfg["method"], float(cfg.get("weight_step", 0.1)), int(params["seed"]),
+                        guard=bool(cfg.get("guard", False)))
+    kept_oof, kept_test = [oof[m] for m in kept], [test[m] for m in kept]
+    combiner.fit(kept_oof, truth)
+    oof_ens = nested_oof(kept_oof, truth, fold_of, combiner) if combiner.fitted else combiner(kept_oof)
+    test_ens = combiner(kept_test)
+
+    result = {"lwlrap": round(metrics.lwlrap(truth, oof_ens), 6)}
+    if combiner.fitted:
+        result["lwlrap_note"] = "nested CV over the curated folds"
+        result["lwlrap_in_sample"] = round(metrics.lwlrap(truth, combiner(kept_oof)), 6)
+    unguarded = combiner.clone()
+    unguarded.guard = False
+    unguarded.fit(kept_oof, truth)
+    result["lwlrap_combined_in_sample"] = round(metrics.lwlrap(truth, unguarded(kept_oof)), 6)
+    if test_truth is not None:
+        result["test_lwlrap"] = round(metrics.lwlrap(test_truth, test_ens), 6)
+    result.update({
+        "method": cfg["method"], "use_tta": bool(cfg["use_tta"]), "max_corr": float(cfg["max_corr"]),
+        "kept": kept, "dropped": dropped,
+        "final": kept[combiner.single] if combiner.single is not None else f"{cfg['method']} of {', '.join(kept)}",
+        "members": {m: {"oof_lwlrap": round(scores[m], 6), "kept": m in kept,
+                        **({"test_lwlrap": round(metrics.lwlrap(test_truth, test[m]), 6)} if test_truth is not None else {})}
+                    for m in oof},
+        "correlation": {a: {b: round(float(corr.loc[a, b]), 4) for b in corr.columns} for a in corr.index},
+    })
+    if combiner.weights is not None:
+        result["weights"] = {m: round(float(w), 4) for m, w in zip(kept, combiner.weights)}
+    per_class, weight = metrics.lwlrap_per_class(truth, oof_ens)
+    per_class_df = pd.DataFrame({"class": classes, "lwlrap": np.round(per_class, 6), "weight": np.round(weight, 6)})
+    submission = pd.DataFrame(test_ens, columns=classes)
+    submission.insert(0, "fname", test_fn)
+    return result, submission, per_class_df

@@ -1,0 +1,43 @@
+"""Where the pipeline keeps its files (the layout of ARCHITECTURE.md), relative to the project root."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the pipeline keeps things (relative to the project root)."""
+
+    root: Path = Path(".")
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data/raw"
+
+    def features(self, split: str) -> Path:
+        return self.root / "data/features" / split
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "data/folds.csv"
+
+    @property
+    def pretrain(self) -> Path:
+        return self.root / "data/models/pretrain"
+
+    def member(self, family: str, fold: int) -> Path:
+        return self.root / "data/models" / family / f"fold{fold}"
+
+    def pseudo(self, fold: int) -> Path:
+        return self.root / "data/pseudo" / f"fold{fold}"
+
+    def preds(self, family: str, fold: int) -> Path:
+        return self.root / "data/preds" / family / f"fold{fold}"
+
+    def metrics(self, name: str) -> Path:
+        return self.root / "metrics" / f"{name}.json"
+
+    @property
+    def submission(self) -> Path:
+        return self.root / "data/submission.csv"

@@ -1,0 +1,107 @@
+"""End to end: the whole DAG under `dvc repro` on the tiny profile, in a fresh git repo copied from
+this checkout; then a no-op repro, and a `dvc exp run -S mixup.alpha=…` that reruns only what
+depends on mixup and shows up in `dvc metrics diff`."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fat import data, params
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "DVC_NO_ANALYTICS": "1", "FAT_LOG": "WARNING"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout + proc.stderr
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    params.apply_preset("tiny", dst / "params.yaml")
+    run(["git", "init", "-q"], dst)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def first_repro(repo) -> str:
+    return run(["dvc", "repro"], repo)
+
+
+def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
+    p = params.load(repo / "params.yaml")
+    folds = p["cv"]["folds"]
+    expected = {"prepare", "folds", "pretrain", "ensemble"} | {f"features@{s}" for s in ("curated", "noisy", "test")}
+    for fam in ("baseline", "finetune", "retrain"):
+        expected |= {f"{fam}@{k}" for k in folds} | {f"predict@{fam}-{k}" for k in folds} | {f"score@{fam}"}
+    expected |= {f"pseudo@{k}" for k in folds}
+    assert ran_stages(first_repro) == expected
+
+    classes = data.vocabulary(repo / "data/raw")
+    assert len(classes) == p["synth"]["n_classes"]
+    sub = pd.read_csv(repo / "data/submission.csv")
+    test_fnames = pd.read_csv(repo / "data/raw/sample_submission.csv")["fname"]
+    assert list(sub.columns) == ["fname"] + classes
+    assert sorted(sub["fname"]) == sorted(test_fnames)
+    probs = sub[classes].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all() and probs.std() > 0
+
+    ens = json.loads((repo / "metrics/ensemble.json").read_text())
+    assert 0 < ens["lwlrap"] <= 1 and 0 < ens["test_lwlrap"] <= 1
+    assert set(ens["members"]) == {"baseline", "finetune", "retrain"}
+    assert set(ens["kept"]) | set(ens["dropped"]) == set(ens["members"])
+    for fam in ("baseline", "finetune", "retrain"):
+        m = json.loads((repo / f"metrics/{fam}.json").read_text())
+        assert set(m["folds"]) == {f"fold{k}" for k in folds}
+        assert m["oof_clips"] == p["synth"]["curated"]["n_clips"]  # every curated clip scored exactly once
+        for key in ("oof_lwlrap", "oof_lwlrap_tta", "test_lwlrap", "test_lwlrap_tta"):
+            assert 0 < m[key] <= 1
+    for k in folds:
+        rep = json.loads((repo / f"metrics/pseudo/fold{k}.json").read_text())
+        assert rep["noisy_clips"] == p["synth"]["noisy"]["n_clips"]
+
+
+def test_second_repro_does_nothing(repo, first_repro):
+    out = run(["dvc", "repro"], repo)
+    assert ran_stages(out) == set()
+    assert "Data and pipelines are up to date" in out
+
+
+def test_exp_run_reruns_only_what_depends_on_mixup(repo, first_repro):
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results"], repo)
+    out = run(["dvc", "exp", "run", "-S", "mixup.alpha=0.4"], repo)
+    ran = ran_stages(out)
+    upstream = {"prepare", "folds", "features@curated", "features@noisy", "features@test"}
+    assert not ran & upstream, f"stages upstream of training reran: {ran & upstream}"
+    assert {"baseline@0", "pretrain", "finetune@0", "retrain@0", "ensemble"} <= ran
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))
+    assert "metrics/ensemble.json" in diff and "metrics/baseline.json" in diff
+    params_diff = json.loads(run(["dvc", "params", "diff", "--json"], repo))
+    assert params_diff["params.yaml"]["mixup.alpha"]["new"] == 0.4

@@ -1,0 +1,227 @@
+"""Tests for fat/train.py: the crop dataset, training loop, evaluation and device choice."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fat import metrics, models, train
+from fat.augment import fit_length
+from fat.features import FeatureStore
+from fat.predict import predict_windows
+
+N_MELS = 12
+N_CLASSES = 3
+LENGTH = 16
+CPU = torch.device("cpu")
+TINY = {"base_channels": 4, "n_blocks": 2, "dropout": 0.1, "channels": ["mel"]}
+TRAIN_CFG = {"epochs": 15, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0, "warmup": 0.2, "eval_every": 1}
+AUGMENT = {"p": 0.5, "freq_masks": 1, "freq_frac": 0.1, "time_masks": 1, "time_frac": 0.1}
+
+
+def write_store(root, clips):
+    """A feature store in the on-disk format of fat/features.py from (n_mels, frames) arrays."""
+    root.mkdir(parents=True)
+    np.save(root / "mels.npy", np.concatenate([c.T for c in clips]).astype(np.float16))
+    lengths = [c.shape[1] for c in clips]
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
+    pd.DataFrame({"fname": [f"c{i}.wav" for i in range(len(clips))], "offset": offsets, "length": lengths,
+                  "duration": [n / 10 for n in lengths]}).to_csv(root / "index.csv", index=False)
+    (root / "meta.json").write_text(json.dumps({"n_mels": N_MELS, "dtype": "float16"}))
+    return FeatureStore.open(root)
+
+
+def band_problem(root, n_clips=54, seed=0):
+    """Class k puts energy into mel band group k (4 bands each); clip lengths 6..50 frames."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_clips) % N_CLASSES
+    rng.shuffle(labels)
+    clips = []
+    for k in labels:
+        n = int(rng.integers(6, 51))
+        x = rng.normal(-50, 3, size=(N_MELS, n))
+        x[4 * k : 4 * k + 4] += 20 + rng.normal(0, 2, size=(4, n))
+        clips.append(x.astype(np.float32))
+    targets = np.eye(N_CLASSES, dtype=np.float32)[labels]
+    return write_store(root, clips), targets
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    return band_problem(tmp_path_factory.mktemp("band") / "feat")
+
+
+def new_model(seed=0, **cfg):
+    torch.manual_seed(seed)
+    return models.build({**TINY, **cfg}, n_classes=N_CLASSES, n_mels=N_MELS)
+
+
+# --------------------------------------------------------------------------- CropDataset
+
+
+def test_crop_dataset_items_have_crop_length_and_targets(problem):
+    store, targets = problem
+    rows = np.arange(len(store))
+    ds = train.CropDataset(store, rows, targets, LENGTH, seed=1)
+    assert len(ds) == len(store)
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x.shape == (N_MELS, LENGTH) and x.dtype == torch.float32
+        assert torch.equal(y, torch.from_numpy(targets[i]))
+
+
+def test_crop_dataset_crops_are_windows_of_the_clip(problem):
+    store, targets = problem
+    ds = train.CropDataset(store, np.arange(len(store)), targets, LENGTH, seed=2)
+    long_rows = [r for r in range(len(store)) if store.lengths[r] >= LENGTH]
+    assert long_rows
+    for r in long_rows:
+        clip = store.clip(r)
+        x = ds[r][0].numpy()
+        ok = [s for s in range(clip.shape[1] - LENGTH + 1) if np.array_equal(clip[:, s : s + LENGTH], x)]
+        assert ok, f"crop of row {r} is not a window of its clip"
+
+
+def test_crop_dataset_tiles_short_clips(problem):
+    store, targets = problem
+    short = [r for r in range(len(store)) if store.lengths[r] < LENGTH]
+    assert short
+    ds = train.CropDataset(store, short, targets[short], LENGTH, seed=3)
+    for i, r in enumerate(short):
+        clip, x = store.clip(r), ds[i][0].numpy()
+        n = clip.shape[1]
+        phases = [s for s in range(n) if np.array_equal(x, fit_length(clip, LENGTH, s))]
+        assert phases, f"item {i} is not a tiling of its clip"
+        s = phases[0]
+        for j in range(LENGTH):
+            np.testing.assert_array_equal(x[:, j], clip[:, (s + j) % n])
+
+
+def test_crop_dataset_is_deterministic_and_changes_with_epoch(problem):
+    store, targets = problem
+    rows = np.arange(len(store))
+    a = train.CropDataset(store, rows, targets, LENGTH, seed=5)
+    b = train.CropDataset(store, rows, targets, LENGTH, seed=5)
+    c = train.CropDataset(store, rows, targets, LENGTH, seed=6)
+    for epoch in (0, 3):
+        a.epoch = b.epoch = c.epoch = epoch
+        for i in (4, 0, 17, 4):  # order of access does not matter
+            assert torch.equal(a[i][0], b[i][0])
+    a.epoch, b.epoch, c.epoch = 0, 1, 0
+    long_items = [i for i in range(len(a)) if store.lengths[i] > LENGTH + 10]
+    changed_epoch = sum(not torch.equal(a[i][0], b[i][0]) for i in long_items)
+    changed_seed = sum(not torch.equal(a[i][0], c[i][0]) for i in long_items)
+    assert changed_epoch >= len(long_items) // 2
+    assert changed_seed >= len(long_items) // 2
+
+
+def test_crop_dataset_rejects_mismatched_targets(problem):
+    store, targets = problem
+    with pytest.raises(ValueError, match="target"):
+        train.CropDataset(store, np.arange(5), targets[:4], LENGTH, seed=0)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_returns_probs_loss_and_lwlrap(problem):
+    store, targets = problem
+    rows = np.arange(10, 30)
+    model = new_model()
+    res = train.evaluate(model, store, rows, targets[rows], LENGTH, device=CPU, batch_size=7)
+    probs, logits = predict_windows(model, store, rows, LENGTH, LENGTH, device=CPU)
+    assert res["probs"].shape == (len(rows), N_CLASSES)
+    np.testing.assert_allclose(res["probs"], probs, rtol=1e-5, atol=1e-6)
+    assert res["lwlrap"] == pytest.approx(metrics.lwlrap(targets[rows], probs), abs=1e-9)
+    t = targets[rows].astype(np.float64)
+    bce = np.mean(np.logaddexp(0, logits) - t * logits)  # BCE with logits (on clip-mean logits)
+    assert res["loss"] == pytest.approx(bce, rel=1e-5)
+    # soft targets are thresholded at 0.5 for lwlrap; all-negative targets give NaN
+    soft = np.where(targets[rows] > 0, 0.7, 0.1).astype(np.float32)
+    assert train.evaluate(model, store, rows, soft, LENGTH, device=CPU)["lwlrap"] == pytest.approx(res["lwlrap"])
+    assert np.isnan(train.evaluate(model, store, rows, np.zeros_like(soft) + 0.2, LENGTH, device=CPU)["lwlrap"])
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def _fit(store, targets, seed, *, epochs=TRAIN_CFG["epochs"], augment=AUGMENT, mixup=0.2, **model_cfg):
+    tr, va = np.arange(0, 36), np.arange(36, len(store))
+    model = new_model(seed, **model_cfg)
+    data = train.CropDataset(store, tr, targets[tr], LENGTH, seed=seed)
+    hist = train.fit(model, data, train_cfg={**TRAIN_CFG, "epochs": epochs}, mixup_alpha=mixup,
+                     augment_cfg=augment, seed=seed, device=CPU,
+                     validate=lambda m: train.evaluate(m, store, va, targets[va], LENGTH, device=CPU))
+    return model, hist, va
+
+
+def test_fit_learns_the_band_problem(problem):
+    store, targets = problem
+    # band position only survives the frequency averaging through the conv stack: 8 base channels
+    before = train.evaluate(new_model(0, base_channels=8), store, np.arange(36, len(store)), targets[36:], LENGTH,
+                            device=CPU)
+    model, hist, va = _fit(store, targets, seed=0, base_channels=8)
+    assert [h["epoch"] for h in hist] == list(range(1, TRAIN_CFG["epochs"] + 1))
+    assert all({"train_loss", "val_loss", "val_lwlrap", "samples_per_s"} <= set(h) for h in hist)
+    losses = [h["train_loss"] for h in hist]
+    assert np.mean(losses[-3:]) < 0.6 * losses[0]
+    # chance lwlrap for 3 single-label classes is (1 + 1/2 + 1/3) / 3 ~= 0.61
+    assert hist[-1]["val_lwlrap"] >= 0.9
+    assert hist[-1]["val_loss"] < before["loss"]
+    final = train.evaluate(model, store, va, targets[va], LENGTH, device=CPU)
+    assert final["lwlrap"] == pytest.approx(hist[-1]["val_lwlrap"])
+    assert (final["probs"].argmax(1) == targets[va].argmax(1)).mean() >= 0.9
+
+
+def test_fit_is_deterministic_for_a_seed(problem):
+    store, targets = problem
+    m1, h1, _ = _fit(store, targets, seed=4, epochs=3)
+    m2, h2, _ = _fit(store, targets, seed=4, epochs=3)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in h]  # noqa: E731
+    assert strip(h1) == strip(h2)
+    sd1, sd2 = m1.state_dict(), m2.state_dict()
+    assert sd1.keys() == sd2.keys()
+    for k in sd1:
+        assert torch.equal(sd1[k], sd2[k]), k
+    m3, h3, _ = _fit(store, targets, seed=5, epochs=3)
+    assert not torch.equal(sd1["features.0.0.weight"], m3.state_dict()["features.0.0.weight"])
+
+
+def test_fit_eval_every_and_without_validation(problem):
+    store, targets = problem
+    tr = np.arange(0, 36)
+    model = new_model(1)
+    calls = []
+
+    def validate(m):
+        calls.append(m.training)
+        return {"loss": 1.0, "lwlrap": 0.5}
+
+    data = train.CropDataset(store, tr, targets[tr], LENGTH, seed=1)
+    hist = train.fit(model, data, train_cfg={**TRAIN_CFG, "epochs": 5, "eval_every": 2}, mixup_alpha=0.0,
+                     augment_cfg={**AUGMENT, "p": 0.0}, seed=1, device=CPU, validate=validate)
+    assert ["val_lwlrap" in h for h in hist] == [False, True, False, True, True]
+    assert len(calls) == 3
+    assert data.epoch == 4  # the dataset saw every epoch
+    hist = train.fit(new_model(1), data, train_cfg={**TRAIN_CFG, "epochs": 2}, mixup_alpha=0.0,
+                     augment_cfg=AUGMENT, seed=1, device=CPU)
+    assert len(hist) == 2 and all("val_lwlrap" not in h for h in hist)
+    assert all(np.isfinite(h["train_loss"]) for h in hist)
+
+
+# --------------------------------------------------------------------------- device
+
+
+def test_pick_device_follows_cuda_availability(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.pick_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.pick_device().type == "cuda"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_pick_device_is_cpu_here():
+    assert train.pick_device() == torch.device("cpu")
