@@ -34,9 +34,28 @@ def member_seed(seed: int, fold: int) -> int:
     return int(seed) * 100 + int(fold)
 
 
+FAMILY_ONLY_KEYS = {"retrain": {"init"}}  # family keys that are not `train` overrides
+
+
+def retrain_init(params: dict) -> str:
+    """Where retrain@k starts: `pretrain` (default, the noisy-pretrained weights) or `scratch`."""
+    init = (params.get("retrain") or {}).get("init", "pretrain")
+    if init not in ("pretrain", "scratch"):
+        raise ValueError(f"params.yaml: retrain.init must be 'pretrain' or 'scratch', got {init!r}")
+    return init
+
+
 def family_train_cfg(params: dict, family: str) -> dict:
-    """Shared `train` settings overridden by the family's own section (epochs, lr, …)."""
-    return {**params["train"], **{k: v for k, v in params.get(family, {}).items() if k in params["train"]}}
+    """Shared `train` settings overridden by the family's own section (epochs, lr, …).
+    A key that is neither a `train` setting nor the family's own raises (typos do not pass)."""
+    own = params.get(family) or {}
+    unknown = sorted(set(own) - set(params["train"]) - FAMILY_ONLY_KEYS.get(family, set()))
+    if unknown:
+        raise ValueError(f"params.yaml: {family}.{unknown[0]} is not a setting; a family section may override "
+                         f"{sorted(params['train'])}{' or set ' + str(sorted(FAMILY_ONLY_KEYS[family])) if family in FAMILY_ONLY_KEYS else ''}")
+    if family == "retrain":
+        retrain_init(params)
+    return {**params["train"], **{k: v for k, v in own.items() if k in params["train"]}}
 
 
 def curated_split(layout: Layout, fold: int):
@@ -74,8 +93,7 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
     seed = member_seed(params["seed"], fold)
     seed_everything(seed)  # the model's initial weights come from the seeded global RNG
     model = models.build(params["model"], len(classes), store.n_mels)
-    fam_cfg = params.get(family, {})
-    if family == "finetune" or (family == "retrain" and fam_cfg.get("init") == "pretrain"):
+    if family == "finetune" or (family == "retrain" and retrain_init(params) == "pretrain"):
         models.load_backbone(model, layout.pretrain / "model.pt")
 
     datasets = [CropDataset(store, tr_rows, tr_y, crop, seed)]
@@ -110,10 +128,9 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
     result = {
         "fold": fold, "lwlrap": round(final["lwlrap"], 6), "val_loss": round(final["loss"], 6),
         "train_clips": int(len(tr_rows)), "pseudo_clips": n_pseudo, "val_clips": int(len(va_rows)),
-        "epochs": int(train_cfg["epochs"]), "seconds": round(time.perf_counter() - t0, 1),
-        "device": device.type,
-    }
-    log.info("%s@%d done: %s", family, fold, result)
+        "epochs": int(train_cfg["epochs"]),
+    }  # metrics are deterministic for fixed params; wall time and device go to the log only
+    log.info("%s@%d done in %.1f s on %s: %s", family, fold, time.perf_counter() - t0, device.type, result)
     return result
 
 
@@ -147,9 +164,8 @@ def train_pretrain(params: dict, layout: Layout = Layout()) -> dict:
                 extra={"family": "pretrain", "crop_frames": crop})
     write_csv(out / "history.csv", pd.DataFrame(history))
     result = {"curated_lwlrap": round(last["lwlrap"], 6), "curated_loss": round(last["loss"], 6),
-              "train_clips": len(train_data), "epochs": int(train_cfg["epochs"]),
-              "seconds": round(time.perf_counter() - t0, 1), "device": device.type}
-    log.info("pretrain done: %s", result)
+              "train_clips": len(train_data), "epochs": int(train_cfg["epochs"])}
+    log.info("pretrain done in %.1f s on %s: %s", time.perf_counter() - t0, device.type, result)
     return result
 
 
@@ -186,6 +202,8 @@ def score_family(family: str, folds: list[int], layout: Layout = Layout()) -> di
             raise ValueError(f"{family}: out-of-fold predictions overlap between folds")
         y_all = data.multi_hot(truth.loc[fn_all, "labels"], classes)
         out[f"oof_lwlrap{suffix}"] = round(metrics.lwlrap(y_all, np.concatenate(p_all)), 6)
+        if any(t[0] != tests[0][0] for t in tests):
+            raise ValueError(f"{family}: the folds' test predictions list different clips")
         if test is not None:
             fn = tests[0][0]
             p = np.mean([t[1] for t in tests], axis=0)
@@ -200,7 +218,7 @@ def predict_member(family: str, fold: int, params: dict, layout: Layout = Layout
     written to data/preds/<family>/fold<k>/{oof,test}.csv. Returns plain vs TTA OOF lwlrap."""
     device = pick_device()
     classes, store, _, _, va_rows, va_y, va_fnames = curated_split(layout, fold)
-    model, ckpt = models.load(layout.member(family, fold) / "model.pt")
+    model, ckpt = models.load(layout.member(family, fold) / "model.pt", classes=classes)
     model.to(device)
     crop = int(ckpt["crop_frames"])
     test_store = FeatureStore.open(layout.features("test"))

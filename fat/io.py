@@ -22,11 +22,12 @@ def atomic_path(path: str | Path):
     target = tmp / path.name
     try:
         yield target
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        os.replace(target, path)
+        if path.is_dir() and not path.is_symlink():  # directories cannot be replaced in one step:
+            old = tmp / ".old"  # move the old one aside first, delete it after the swap
+            os.replace(path, old)
+            os.replace(target, path)
+        else:  # files (and symlinks): one atomic rename over the old one
+            os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

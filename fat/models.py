@@ -101,8 +101,12 @@ def save(path, model: AudioCNN, model_cfg: dict, classes, n_mels: int, extra: di
                     "n_mels": n_mels, **(extra or {})}, tmp)
 
 
-def load(path, map_location="cpu") -> tuple[AudioCNN, dict]:
+def load(path, map_location="cpu", classes=None) -> tuple[AudioCNN, dict]:
+    """Rebuild a saved model; with `classes`, the checkpoint must predict exactly that vocabulary."""
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if classes is not None and list(ckpt["classes"]) != list(classes):
+        raise ValueError(f"{path}: the model was trained on other classes than the current vocabulary "
+                         f"({len(ckpt['classes'])} vs {len(classes)} classes); retrain it")
     model = build(ckpt["model_cfg"], len(ckpt["classes"]), ckpt["n_mels"])
     model.load_state_dict(ckpt["state_dict"])
     return model, ckpt

@@ -104,7 +104,7 @@ def label_fold(fold: int, params: dict, layout: Layout | None = None) -> dict:
     classes = data.vocabulary(layout.raw)
     table = data.split_table(layout.raw, "noisy")
     noisy = FeatureStore.open(layout.features("noisy"))
-    model, ckpt = models.load(layout.member("finetune", fold) / "model.pt")
+    model, ckpt = models.load(layout.member("finetune", fold) / "model.pt", classes=classes)
     model.to(device)
     probs = predict_plain(model, noisy, noisy.position(table["fname"]), int(ckpt["crop_frames"]), device=device,
                           desc=f"pseudo@{fold} score noisy")

@@ -77,7 +77,7 @@ def fit(model, data: CropDataset, *, train_cfg: dict, mixup_alpha: float, augmen
     gen = torch.Generator().manual_seed(seed)
     workers = int(train_cfg.get("num_workers", 0))
     loader = DataLoader(data, batch_size=bs, shuffle=True, drop_last=True, generator=gen, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+                        pin_memory=device.type == "cuda")  # workers are re-created each epoch so they see data.epoch
     opt = torch.optim.Adam(model.parameters(), lr=float(train_cfg["lr"]),
                            weight_decay=float(train_cfg.get("weight_decay", 0.0)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(train_cfg["lr"]), total_steps=epochs * len(loader),

@@ -383,7 +383,9 @@ def test_run_mean_submission_and_scores(proj):
     assert result["kept"] == sorted(FAMILIES, key=lambda m: -scores[m])
     assert result["dropped"] == {}
     assert result["method"] == "mean" and result["use_tta"] is True
-    assert "lwlrap_in_sample" not in result and "weights" not in result
+    assert "weights" not in result
+    # a plain mean with no member dropped fits nothing: the nested score equals the in-sample one
+    assert result["lwlrap"] == result["lwlrap_in_sample"]
 
     ens_oof = np.mean([oof[m] for m in FAMILIES], axis=0)
     assert result["lwlrap"] == pytest.approx(metrics.lwlrap(proj.truth, ens_oof), abs=1e-6)
@@ -533,3 +535,19 @@ def test_guard_keeps_a_combination_that_beats_every_member():
     assert c.single is None
     np.testing.assert_allclose(c([a, b]), (a + b) / 2)
     assert not ensemble.Combiner("mean").fitted
+
+
+def test_nested_score_redoes_member_selection_without_each_fold(proj):
+    """A member that is a near-copy of the best one is dropped on the full data; the nested score
+    must come from selections made without each fold, not from the full-data selection."""
+    p = params(max_corr=-1.0)  # every member correlates above -1: only the best survives a selection
+    result, _, _ = ensemble.run(p, proj.layout)
+    assert len(result["kept"]) == 1
+    oof = proj.oof["preds"]
+    folds = proj.fold_of
+    expected = np.zeros_like(proj.truth, dtype=float)
+    for k in np.unique(folds):
+        tr = folds != k
+        best = max(FAMILIES, key=lambda m: (metrics.lwlrap(proj.truth[tr], oof[m][tr]), m))
+        expected[~tr] = oof[best][~tr]
+    assert result["lwlrap"] == pytest.approx(metrics.lwlrap(proj.truth, expected), abs=1e-6)

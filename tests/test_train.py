@@ -148,11 +148,11 @@ def test_evaluate_returns_probs_loss_and_lwlrap(problem):
 # --------------------------------------------------------------------------- fit
 
 
-def _fit(store, targets, seed, *, epochs=TRAIN_CFG["epochs"], augment=AUGMENT, mixup=0.2, **model_cfg):
+def _fit(store, targets, seed, *, epochs=TRAIN_CFG["epochs"], augment=AUGMENT, mixup=0.2, workers=0, **model_cfg):
     tr, va = np.arange(0, 36), np.arange(36, len(store))
     model = new_model(seed, **model_cfg)
     data = train.CropDataset(store, tr, targets[tr], LENGTH, seed=seed)
-    hist = train.fit(model, data, train_cfg={**TRAIN_CFG, "epochs": epochs}, mixup_alpha=mixup,
+    hist = train.fit(model, data, train_cfg={**TRAIN_CFG, "epochs": epochs, "num_workers": workers}, mixup_alpha=mixup,
                      augment_cfg=augment, seed=seed, device=CPU,
                      validate=lambda m: train.evaluate(m, store, va, targets[va], LENGTH, device=CPU))
     return model, hist, va
@@ -188,6 +188,18 @@ def test_fit_is_deterministic_for_a_seed(problem):
         assert torch.equal(sd1[k], sd2[k]), k
     m3, h3, _ = _fit(store, targets, seed=5, epochs=3)
     assert not torch.equal(sd1["features.0.0.weight"], m3.state_dict()["features.0.0.weight"])
+
+
+def test_fit_with_loader_workers_equals_in_process_loading(problem):
+    """DataLoader workers must see each epoch's crops (not the first epoch's forever): training with
+    a worker process gives exactly the weights of in-process loading."""
+    store, targets = problem
+    m0, h0, _ = _fit(store, targets, seed=4, epochs=3, workers=0)
+    m1, h1, _ = _fit(store, targets, seed=4, epochs=3, workers=1)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in h]  # noqa: E731
+    assert strip(h0) == strip(h1)
+    for k, v in m0.state_dict().items():
+        assert torch.equal(v, m1.state_dict()[k]), k
 
 
 def test_fit_eval_every_and_without_validation(problem):

@@ -1,0 +1,35 @@
+"""Family settings: which `train` keys a family section may override, and member seeding."""
+from __future__ import annotations
+
+import pytest
+
+from fat import family
+
+TRAIN = {"epochs": 16, "lr": 0.002, "batch_size": 32, "crop_frames": 96}
+
+
+def test_family_section_overrides_train_settings():
+    cfg = family.family_train_cfg({"train": TRAIN, "pretrain": {"epochs": 8, "lr": 0.01}}, "pretrain")
+    assert cfg == {**TRAIN, "epochs": 8, "lr": 0.01}
+    assert family.family_train_cfg({"train": TRAIN, "baseline": {}}, "baseline") == TRAIN
+    assert family.family_train_cfg({"train": TRAIN, "baseline": None}, "baseline") == TRAIN
+
+
+def test_retrain_init_is_its_own_key_not_a_train_override():
+    cfg = family.family_train_cfg({"train": TRAIN, "retrain": {"init": "scratch", "epochs": 3}}, "retrain")
+    assert cfg == {**TRAIN, "epochs": 3}
+    with pytest.raises(ValueError, match="retrain.init must be"):
+        family.family_train_cfg({"train": TRAIN, "retrain": {"init": "finetune"}}, "retrain")
+
+
+@pytest.mark.parametrize("fam", ["baseline", "finetune", "pretrain"])
+def test_typo_in_a_family_section_is_an_error(fam):
+    with pytest.raises(ValueError, match=rf"{fam}\.epoch is not a setting"):
+        family.family_train_cfg({"train": TRAIN, fam: {"epoch": 3}}, fam)
+    with pytest.raises(ValueError, match="init"):  # init belongs to retrain only
+        family.family_train_cfg({"train": TRAIN, fam: {"init": "scratch"}}, fam)
+
+
+def test_member_seeds_pair_families_and_differ_between_folds():
+    assert family.member_seed(2019, 0) != family.member_seed(2019, 1)
+    assert family.member_seed(2019, 0) != family.member_seed(2020, 0)
