@@ -102,6 +102,10 @@ def test_exp_run_reruns_only_what_depends_on_mixup(repo, first_repro):
     assert not ran & upstream, f"stages upstream of training reran: {ran & upstream}"
     assert {"baseline@0", "pretrain", "finetune@0", "retrain@0", "ensemble"} <= ran
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))
-    assert "metrics/ensemble.json" in diff and "metrics/baseline.json" in diff
+    assert "metrics/ensemble.json" in diff
+    # every training family's metrics move (its per-fold val_loss at least; on the tiny profile
+    # a near-constant model can keep the same ranking, hence the same lwlrap)
+    for fam in ("baseline", "pretrain", "finetune", "retrain"):
+        assert any(k.startswith(f"metrics/{fam}") for k in diff), f"no {fam} metric changed: {sorted(diff)}"
     params_diff = json.loads(run(["dvc", "params", "diff", "--json"], repo))
     assert params_diff["params.yaml"]["mixup.alpha"]["new"] == 0.4
