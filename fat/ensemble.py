@@ -125,11 +125,6 @@ class Combiner:
         self.stack = None
         self.single: int | None = None  # index of the member used alone when the guard trips
 
-    @property
-    def fitted(self) -> bool:
-        """Whether the combination depends on the data it was fitted on (then score it nested)."""
-        return self.method != "mean" or self.guard
-
     def clone(self) -> "Combiner":
         return Combiner(self.method, self.weight_step, self.seed, self.guard)
 
@@ -155,13 +150,14 @@ class Combiner:
         return apply_stack(self.stack, probs)
 
 
-def nested_oof(probs: list[np.ndarray], truth: np.ndarray, fold_of: np.ndarray, combiner: Combiner) -> np.ndarray:
-    """OOF combination where fold k's rows are combined by a combiner fitted on the other folds."""
-    out = np.zeros_like(probs[0])
+def nested_oof(oof: dict[str, np.ndarray], truth: np.ndarray, fold_of: np.ndarray, cfg: dict, seed: int) -> np.ndarray:
+    """The ensemble's OOF predictions scored honestly: for each fold k, the whole procedure —
+    ranking, correlation filter, fitting, guard — is redone on the other folds and applied to k."""
+    out = np.zeros(truth.shape, dtype=np.float64)
     for k in np.unique(fold_of):
         va = fold_of == k
-        c = combiner.clone().fit([p[~va] for p in probs], truth[~va])
-        out[va] = c([p[va] for p in probs])
+        *_, kept, _, combiner = select_and_fit({m: p[~va] for m, p in oof.items()}, truth[~va], cfg, seed)
+        out[va] = combiner([oof[m][va] for m in kept])
     return out
 
 
@@ -207,13 +203,7 @@ def run(params: dict, layout: Layout = Layout()) -> tuple[dict, pd.DataFrame, pd
     kept_oof, kept_test = [oof[m] for m in kept], [test[m] for m in kept]
     test_ens = combiner(kept_test)
 
-    # the whole procedure (ranking, correlation filter, fitting, guard) redone without fold k,
-    # then applied to fold k: an honest OOF score for the ensemble
-    oof_ens = np.zeros_like(truth, dtype=np.float64)
-    for k in np.unique(fold_of):
-        va = fold_of == k
-        *_, k_kept, _, k_comb = select_and_fit({m: p[~va] for m, p in oof.items()}, truth[~va], cfg, seed)
-        oof_ens[va] = k_comb([oof[m][va] for m in k_kept])
+    oof_ens = nested_oof(oof, truth, fold_of, cfg, seed)
 
     result = {"lwlrap": round(metrics.lwlrap(truth, oof_ens), 6),
               "lwlrap_note": "nested CV: member selection and combination refitted without each fold",
