@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from fat.log import progress
 
-from fat import audio
+from fat import audio, data
 from fat.io import atomic_path
 
 _HEADER_LEN = 256  # bytes reserved for the .npy header so the array can be streamed after it
@@ -95,6 +95,16 @@ def build_store(paths: list[Path], fnames: list[str], out_dir: str | Path, kw: d
         meta = {**kw, "dtype": dtype.name, "clips": len(fnames), "frames": total}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def build_split(raw_dir: str | Path, split: str, out_dir: str | Path, params: dict) -> dict:
+    """The store of one split of a FAT2019-layout directory, clips in its CSV's order."""
+    table = data.split_table(raw_dir, split)
+    folder = data.audio_dir(raw_dir, split)
+    kw = feature_kwargs(params["audio"], params["features"])
+    return build_store([folder / f for f in table["fname"]], table["fname"].tolist(), out_dir, kw,
+                       dtype=params["features"]["dtype"], n_jobs=int(params["data"].get("n_jobs", 0)),
+                       desc=f"log-mel {split}")
 
 
 @dataclass

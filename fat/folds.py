@@ -1,9 +1,13 @@
 """Multilabel-stratified K-fold assignment of the curated set (iterative stratification)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+from fat import data
 
 
 def make_folds(fnames, targets: np.ndarray, n_folds: int, seed: int) -> pd.DataFrame:
@@ -18,3 +22,10 @@ def make_folds(fnames, targets: np.ndarray, n_folds: int, seed: int) -> pd.DataF
     for k, (_, val) in enumerate(skf.split(np.zeros(len(fnames)), targets)):
         fold[val] = k
     return pd.DataFrame({"fname": list(fnames), "fold": fold})
+
+
+def curated_folds(raw_dir: str | Path, n_folds: int, seed: int) -> pd.DataFrame:
+    """Folds of the curated split of a FAT2019-layout directory, stratified on its labels."""
+    table = data.split_table(raw_dir, "curated")
+    y = data.multi_hot(table["labels"], data.vocabulary(raw_dir))
+    return make_folds(table["fname"].tolist(), y, n_folds, seed)

@@ -41,15 +41,20 @@ def check_folds(params: dict, path: str | Path = "params.yaml") -> None:
         )
 
 
-def merge(base: dict, override: dict) -> dict:
-    """Deep-merge `override` into a copy of `base` (mappings merge, everything else replaces)."""
-    out = copy.deepcopy(base)
+def merge_into(target: dict, override: dict) -> dict:
+    """Deep-merge `override` into `target` in place (mappings merge, everything else replaces).
+    Works on ruamel's comment-keeping maps too, which is how presets keep params.yaml's comments."""
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge_into(target[key], value)
         else:
-            out[key] = copy.deepcopy(value)
-    return out
+            target[key] = value
+    return target
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merged copy of `base` with `override`; neither input is changed."""
+    return merge_into(copy.deepcopy(base), copy.deepcopy(override))
 
 
 def preset_names() -> list[str]:
@@ -75,14 +80,7 @@ def apply_preset(name: str, params_path: str | Path = "params.yaml") -> dict:
     with params_path.open() as f:
         doc = ry.load(f)
 
-    def _merge(node, over):
-        for key, value in over.items():
-            if isinstance(value, dict) and key in node and hasattr(node[key], "items"):
-                _merge(node[key], value)
-            else:
-                node[key] = value
-
-    _merge(doc, preset)
+    merge_into(doc, preset)
 
     buf = io.StringIO()
     ry.dump(doc, buf)

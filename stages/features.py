@@ -12,13 +12,8 @@ def main():
     args = ap.parse_args()
     logger = log.setup(f"features@{args.split}")
     p = params.load()
-    table = data.split_table(args.raw, args.split)
-    folder = data.audio_dir(args.raw, args.split)
-    kw = features.feature_kwargs(p["audio"], p["features"])
     out = args.out.format(split=args.split)
-    meta = features.build_store([folder / f for f in table["fname"]], table["fname"].tolist(), out, kw,
-                                dtype=p["features"]["dtype"], n_jobs=int(p["data"].get("n_jobs", 0)),
-                                desc=f"log-mel {args.split}")
+    meta = features.build_split(args.raw, args.split, out, p)
     logger.info("wrote %s: %d clips, %d frames", out, meta["clips"], meta["frames"])
 
 

@@ -1,7 +1,7 @@
 """Stage `folds`: multilabel-stratified K-fold assignment of the curated set -> data/folds.csv."""
 import argparse
 
-from fat import data, folds, log, params
+from fat import folds, log, params
 from fat.io import write_csv
 
 
@@ -12,9 +12,7 @@ def main():
     args = ap.parse_args()
     logger = log.setup("folds")
     p = params.load()
-    table = data.split_table(args.raw, "curated")
-    y = data.multi_hot(table["labels"], data.vocabulary(args.raw))
-    df = folds.make_folds(table["fname"].tolist(), y, int(p["cv"]["n_folds"]), seed=int(p["seed"]))
+    df = folds.curated_folds(args.raw, int(p["cv"]["n_folds"]), seed=int(p["seed"]))
     write_csv(args.out, df)
     logger.info("wrote %s: fold sizes %s", args.out, df["fold"].value_counts().sort_index().tolist())
 
