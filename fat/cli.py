@@ -31,10 +31,12 @@ def _preset(args) -> int:
 def _validate(args) -> int:
     from fat import prepare
 
-    problems = prepare.validate_layout(args.directory)
+    problems = prepare.validate_layout(args.directory, max_seconds=args.max_seconds,
+                                       min_peak_dbfs=args.min_peak_dbfs, n_jobs=args.jobs)
     for p in problems:
         print(p)
-    print(f"{args.directory}: {'OK, a valid FAT2019 layout' if not problems else f'{len(problems)} problem(s)'}")
+    verdict = "OK: a valid Kaggle or FSDKaggle2019 layout" if not problems else f"{len(problems)} problem(s)"
+    print(f"{args.directory}: {verdict}")
     return 1 if problems else 0
 
 
@@ -61,7 +63,7 @@ def _synth(args) -> int:
     if args.out.exists():
         raise ValueError(f"{args.out}: already exists; choose a new directory")
     p = params.load(args.params)
-    stats = prepare.prepare("synthetic", args.out, p["synth"], seed=int(p["seed"] if args.seed is None else args.seed),
+    stats, _ = prepare.prepare("synthetic", args.out, p["synth"], seed=int(p["seed"] if args.seed is None else args.seed),
                             n_jobs=args.jobs)
     print(json.dumps({k: v for k, v in stats.items() if k.endswith("clips")}))
     return 0
@@ -77,8 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params file to update (default: %(default)s)")
     p.set_defaults(func=_preset)
 
-    p = sub.add_parser("validate", help="check a directory in the FAT2019 layout; prints every problem")
+    p = sub.add_parser("validate", help="check a data directory (Kaggle or FSDKaggle2019 layout): tables and "
+                                        "every audio file; prints every problem, each naming its file")
     p.add_argument("directory", type=Path)
+    p.add_argument("--max-seconds", type=float, default=60.0, help="longer clips are problems (default: %(default)s)")
+    p.add_argument("--min-peak-dbfs", type=float, default=-80.0,
+                   help="clips whose peak is at or below this are silent (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (0 = all cores)")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("score", help="lwlrap of a Kaggle-format predictions CSV against a fname,labels CSV")

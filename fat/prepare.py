@@ -1,5 +1,11 @@
 """Stage logic of `prepare`: bring `data.source` — the embedded generator (`synthetic`) or a
-directory in the FAT2019 layout — into `data/raw/`, validated, written atomically."""
+directory in the Kaggle or FSDKaggle2019 (Zenodo) layout — into `data/raw/`, validated, written
+atomically.
+
+A directory source is validated in one pass (fat.validate): table problems always stop the stage;
+audio problems stop it too under `data.on_bad_audio: error` (the default), or, under `skip`, the
+bad files are left out and listed with their reasons in the quarantine report (never silent zeros).
+Audio files are hard-linked into data/raw where the filesystem allows, copied otherwise."""
 from __future__ import annotations
 
 import os
@@ -8,71 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from fat import data, synth
+from fat import corrections as corr
+from fat import data, sources, synth, validate
 from fat.io import atomic_path
 from fat.log import progress
 
-
-def _check_split(src: Path, csv: Path, folder: str, df, classes: list[str]) -> list[str]:
-    """Every problem of one split's table against its audio folder."""
-    problems = []
-    if list(df.columns[:2]) != ["fname", "labels"]:
-        return [f"{csv}: expected columns 'fname,labels', got {','.join(map(str, df.columns))}"]
-    known = set(classes)
-    unknown = sorted({lab for labs in df["labels"] for lab in data.split_labels(labs)} - known)
-    if unknown:
-        problems.append(f"{csv}: labels not in the vocabulary of {data.SAMPLE_SUBMISSION}: {unknown[:10]}")
-    empty = df["fname"][df["labels"].map(lambda s: not data.split_labels(s))]
-    if len(empty):
-        problems.append(f"{csv}: {len(empty)} rows without labels, e.g. {list(empty[:3])}")
-    problems += _check_files(src, csv, folder, df["fname"])
-    return problems
-
-
-def _check_files(src: Path, csv: Path, folder: str, fnames) -> list[str]:
-    problems = []
-    dup = fnames[fnames.duplicated()].unique()
-    if len(dup):
-        problems.append(f"{csv}: duplicate fnames {list(dup[:5])}")
-    if not (src / folder).is_dir():
-        return problems + [f"{src / folder}: missing audio folder for {csv.name}"]
-    present = {p.name for p in (src / folder).iterdir()}
-    missing = [f for f in fnames if f not in present]
-    if missing:
-        problems.append(f"{csv}: {len(missing)} rows have no file in {folder}/, e.g. {missing[:3]}")
-    extra = sorted(present - set(fnames))
-    if extra:
-        problems.append(f"{src / folder}: {len(extra)} files have no row in {csv.name}, e.g. {extra[:3]}")
-    return problems
-
-
-def validate_layout(src: str | Path) -> list[str]:
-    """All problems with a FAT2019-layout directory in one pass, each naming the file.
-    An empty list means the directory can be imported."""
-    src = Path(src)
-    if not src.is_dir():
-        return [f"{src}: not a directory"]
-    try:
-        classes = data.vocabulary(src)
-    except (FileNotFoundError, ValueError) as e:
-        return [str(e)]
-    problems = []
-    for split, (csv_name, folder) in data.SPLITS.items():
-        csv = src / csv_name
-        if not csv.exists():
-            if split == "test":  # no test labels: the test clips are sample_submission's rows
-                sub = pd.read_csv(src / data.SAMPLE_SUBMISSION, usecols=["fname"], dtype=str)["fname"]
-                problems += _check_files(src, src / data.SAMPLE_SUBMISSION, folder, sub)
-            else:
-                problems.append(f"{csv}: missing")
-            continue
-        try:
-            df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-            problems.append(f"{csv}: unreadable CSV ({e})")
-            continue
-        problems += _check_split(src, csv, folder, df, classes)
-    return problems
+POLICIES = ("error", "skip")
+DEFAULTS = {"on_bad_audio": "error", "corrections": None, "max_seconds": 60.0, "min_peak_dbfs": -80.0, "n_jobs": 0}
 
 
 def _link_or_copy(src: Path, dst: Path) -> str:
@@ -84,36 +32,74 @@ def _link_or_copy(src: Path, dst: Path) -> str:
         return "copy"
 
 
-def import_directory(src: str | Path, out_dir: Path) -> dict:
-    """Bring a FAT2019-layout directory into `out_dir`, hard-linking files where possible."""
-    src = Path(src)
-    problems = validate_layout(src)
-    if problems:
-        raise ValueError(f"data.source {src} is not a valid FAT2019 layout:\n  " + "\n  ".join(problems))
+def _fail(root: Path, lines: list[str], hint: str = "") -> ValueError:
+    return ValueError(f"data.source {root}: {len(lines)} problem(s):\n  " + "\n  ".join(lines) + hint)
+
+
+def import_directory(root: str | Path, out_dir: Path, cfg: dict | None = None) -> tuple[dict, pd.DataFrame]:
+    """Validate `root` and write it into `out_dir` in the data/raw layout. Returns (stats, the
+    quarantined files: split, fname, file, problem). Raises ValueError listing every problem."""
+    cfg = {**DEFAULTS, **(cfg or {})}
+    policy = str(cfg["on_bad_audio"])
+    if policy not in POLICIES:
+        raise ValueError(f"data.on_bad_audio: {policy!r} is not one of {list(POLICIES)}")
+    root = Path(root).expanduser()
+    path = corr.resolve(cfg["corrections"])
+    report = validate.validate(root, max_seconds=float(cfg["max_seconds"]), min_peak_dbfs=float(cfg["min_peak_dbfs"]),
+                               n_jobs=int(cfg["n_jobs"]), corrections=None if path is None else corr.read(path))
+    if report.errors or (policy == "error" and len(report.bad)):
+        hint = ("\n(set data.on_bad_audio: skip to leave bad audio files out and list them in the quarantine report)"
+                if policy == "error" and len(report.bad) and not report.errors else "")
+        raise _fail(root, report.problems(), hint)
+    bad = report.bad
+    in_test = bad[(bad["split"] == "test") & ~bad["problem"].str.startswith("no row")]
+    if len(in_test):
+        raise _fail(root, [f"{r.file}: {r.problem}" for r in in_test.itertuples()],
+                    "\n(test clips cannot be skipped: the submission needs a row for every clip of "
+                    "sample_submission.csv; fix or replace these files)")
+    src = report.source
     out_dir.mkdir(parents=True)
+    tables = {s: df[~df["fname"].isin(set(bad.loc[bad["split"] == s, "fname"]))] for s, df in src.tables.items()}
+    if src.layout == "kaggle":
+        shutil.copy2(root / data.SAMPLE_SUBMISSION, out_dir / data.SAMPLE_SUBMISSION)
+    else:
+        sources.sample_submission(src.classes, tables["test"]["fname"]).to_csv(out_dir / data.SAMPLE_SUBMISSION, index=False)
     modes: dict[str, int] = {}
-    files = [src / data.SAMPLE_SUBMISSION] + [src / c for c, _ in data.SPLITS.values() if (src / c).exists()]
-    for f in files:
-        shutil.copy2(f, out_dir / f.name)
-    for split, (_, folder) in data.SPLITS.items():
+    for split, (csv_name, folder) in data.SPLITS.items():
+        if split != "test" or src.test_labelled:
+            tables[split].to_csv(out_dir / csv_name, index=False)
         (out_dir / folder).mkdir()
-        df = data.split_table(src, split)
-        for fname in progress(df["fname"], desc=f"import {split}"):
-            mode = _link_or_copy(src / folder / fname, out_dir / folder / fname)
+        for fname in progress(tables[split]["fname"], desc=f"import {split}"):
+            mode = _link_or_copy(src.folders[split] / fname, out_dir / folder / fname)
             modes[mode] = modes.get(mode, 0) + 1
-    return {"source": str(src), "files": modes}
+    stats = {"source": str(root), "layout": src.layout, "files": modes, "formats": report.formats,
+             "audio_hours": round(report.seconds / 3600, 3), "labels_normalised": src.normalised,
+             "corrections": src.corrected, "quarantined": {s: int((bad["split"] == s).sum()) for s in data.SPLITS}}
+    return stats, bad
 
 
-def prepare(source: str, out_dir: str | Path, synth_cfg: dict, seed: int, n_jobs: int = 0) -> dict:
-    """Write `out_dir` (data/raw) atomically from `source` ('synthetic' or a directory)."""
+def prepare(source: str, out_dir: str | Path, synth_cfg: dict, seed: int, n_jobs: int = 0,
+            cfg: dict | None = None) -> tuple[dict, pd.DataFrame]:
+    """Write `out_dir` (data/raw) atomically from `source` ('synthetic' or a directory).
+    `cfg` is params' `data` section (policy, corrections, limits). Returns (stats, quarantined)."""
+    cfg = {**DEFAULTS, **(cfg or {}), "n_jobs": n_jobs}
     with atomic_path(out_dir) as tmp:
         if source == "synthetic":
+            if cfg["corrections"] not in (None, ""):
+                raise ValueError("data.corrections applies to a directory data.source, not to the synthetic data")
             stats = synth.generate(tmp, synth_cfg, seed=seed, n_jobs=n_jobs)
             stats["source"] = "synthetic"
+            bad = pd.DataFrame(columns=validate.QUARANTINE_COLUMNS)
         else:
-            stats = import_directory(Path(source).expanduser(), tmp)
+            stats, bad = import_directory(source, tmp, cfg)
         stats.update(summarize(tmp))
-    return stats
+    return stats, bad
+
+
+def validate_layout(src: str | Path, **kwargs) -> list[str]:
+    """All problems with a source directory (either layout) in one pass, each naming the file.
+    An empty list means the directory can be imported under `data.on_bad_audio: error`."""
+    return validate.validate(src, **kwargs).problems()
 
 
 def summarize(raw_dir: str | Path) -> dict:

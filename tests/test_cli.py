@@ -51,7 +51,7 @@ def test_synth_then_validate_then_score(tmp_path, capsys):
     assert "OK" in capsys.readouterr().out
     next((out / "train_curated").iterdir()).unlink()
     assert cli.main(["validate", str(out)]) == 1
-    assert "rows have no file" in capsys.readouterr().out
+    assert "missing: named in" in capsys.readouterr().out
 
     sub = pd.read_csv(out / "sample_submission.csv")
     classes = list(sub.columns[1:])
