@@ -87,6 +87,16 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
         assert rep["noisy_clips"] == p["synth"]["noisy"]["n_clips"]
 
 
+def test_data_is_stored_once_workspace_linked_to_cache(repo, first_repro):
+    """.dvc/config's cache.type: data/raw's wavs are the cache's files (hard links), not copies."""
+    wav = next((repo / "data" / "raw" / "train_curated").iterdir())
+    assert wav.stat().st_nlink >= 2
+    cached = [p for p in (repo / ".dvc" / "cache" / "files").rglob("*") if p.is_file() and os.path.samefile(p, wav)]
+    assert len(cached) == 1
+    quarantine = pd.read_csv(repo / "metrics" / "quarantine.csv")
+    assert list(quarantine.columns) == ["split", "fname", "file", "problem"] and quarantine.empty
+
+
 def test_second_repro_does_nothing(repo, first_repro):
     out = run(["dvc", "repro"], repo)
     assert ran_stages(out) == set()
