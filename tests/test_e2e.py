@@ -103,9 +103,33 @@ def test_second_repro_does_nothing(repo, first_repro):
     assert "Data and pipelines are up to date" in out
 
 
-def test_exp_run_reruns_only_what_depends_on_mixup(repo, first_repro):
+def _commit(repo: Path, message: str) -> None:
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", message], repo)
+
+
+def test_shared_remote_fresh_clone_pulls_and_does_no_work(repo, first_repro, tmp_path):
+    """The team workflow of the README: push outputs and run cache to a shared DVC remote (a local
+    directory here), clone afresh, pull; the clone is up to date and its metrics are the same."""
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
+    _commit(repo, "results + shared remote")
+    run(["dvc", "push", "--run-cache"], repo)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run(["dvc", "pull", "--run-cache"], clone)
+    status = json.loads(run(["dvc", "status", "--json"], clone))
+    assert status == {}, status
+    out = run(["dvc", "repro"], clone)
+    assert ran_stages(out) == set(), out
+    assert (clone / "data" / "submission.csv").read_bytes() == (repo / "data" / "submission.csv").read_bytes()
+    assert json.loads(run(["dvc", "metrics", "diff", "--json", "HEAD"], clone)) == {}
+    a, b = (json.loads((r / "metrics" / "ensemble.json").read_text()) for r in (repo, clone))
+    assert a == b
+
+
+def test_exp_run_reruns_only_what_depends_on_mixup(repo, first_repro):
+    _commit(repo, "results")
     out = run(["dvc", "exp", "run", "-S", "mixup.alpha=0.4"], repo)
     ran = ran_stages(out)
     upstream = {"prepare", "folds", "features@curated", "features@noisy", "features@test"}
