@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="override the params seed")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (0 = all cores)")
     p.set_defaults(func=_synth)
+
+    from fat import fetch  # standard library only at import: cheap
+
+    fetch.add_parser(sub)
     return ap
 
 
