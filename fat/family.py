@@ -80,6 +80,12 @@ def load_pseudo(layout: Layout, fold: int, classes: list[str]) -> tuple[list[str
     return load_predictions(layout.pseudo(fold) / "labels.csv", classes)
 
 
+def history_frame(history: list[dict]) -> pd.DataFrame:
+    """The per-epoch records as saved: timings (which vary run to run) are logged, not written, so
+    the same params give byte-identical outputs."""
+    return pd.DataFrame(history).drop(columns=["samples_per_s"], errors="ignore")
+
+
 def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()) -> dict:
     """Train fold `fold` of `family`; write model, plain OOF/test predictions and history.
     Returns the member's metrics."""
@@ -124,7 +130,7 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
                 extra={"family": family, "fold": fold, "crop_frames": crop})
     save_predictions(out / "oof.csv", va_fnames, final["probs"], classes)
     save_predictions(out / "test.csv", test_store.fnames, test_probs, classes)
-    write_csv(out / "history.csv", pd.DataFrame(history))
+    write_csv(out / "history.csv", history_frame(history))
     result = {
         "fold": fold, "lwlrap": round(final["lwlrap"], 6), "val_loss": round(final["loss"], 6),
         "train_clips": int(len(tr_rows)), "pseudo_clips": n_pseudo, "val_clips": int(len(va_rows)),
@@ -162,7 +168,7 @@ def train_pretrain(params: dict, layout: Layout = Layout()) -> dict:
     out = layout.pretrain
     models.save(out / "model.pt", model.cpu(), params["model"], classes, noisy.n_mels,
                 extra={"family": "pretrain", "crop_frames": crop})
-    write_csv(out / "history.csv", pd.DataFrame(history))
+    write_csv(out / "history.csv", history_frame(history))
     result = {"curated_lwlrap": round(last["lwlrap"], 6), "curated_loss": round(last["loss"], 6),
               "train_clips": len(train_data), "epochs": int(train_cfg["epochs"])}
     log.info("pretrain done in %.1f s on %s: %s", time.perf_counter() - t0, device.type, result)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from fat import data, params
 
@@ -101,6 +102,21 @@ def test_second_repro_does_nothing(repo, first_repro):
     out = run(["dvc", "repro"], repo)
     assert ran_stages(out) == set()
     assert "Data and pipelines are up to date" in out
+
+
+def test_folds_train_in_parallel_with_dvc_wait_for_lock(repo, first_repro):
+    """README's parallel-folds recipe: one `dvc --wait-for-lock repro -s` per fold, two at a time.
+    Both folds run, the lock file records both, and the results equal the serial run's."""
+    before = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    proc = subprocess.run("printf 'baseline@%s\\n' 0 1 | xargs -P 2 -I{} dvc --wait-for-lock repro -f -s {}",
+                          shell=True, cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert ran_stages(proc.stdout + proc.stderr) == {"baseline@0", "baseline@1"}
+    after = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for stage in ("baseline@0", "baseline@1"):
+        assert after[stage]["outs"] == before[stage]["outs"], f"{stage}: outputs differ from the serial run"
+    assert json.loads(run(["dvc", "status", "--json"], repo)) == {}
 
 
 def _commit(repo: Path, message: str) -> None:
