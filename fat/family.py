@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import ConcatDataset
 
-from fat import data, metrics, models
+from fat import data, dist, metrics, models
+from fat.checkpoint import Checkpointer, file_digest, fingerprint
 from fat.features import FeatureStore
 from fat.layout import Layout
 from fat.io import load_predictions, save_predictions, write_csv
@@ -86,21 +87,36 @@ def history_frame(history: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(history).drop(columns=["samples_per_s"], errors="ignore")
 
 
-def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()) -> dict:
+def checkpointer(name: str, params: dict, inputs: list, layout: Layout) -> Checkpointer:
+    """The checkpoint of training run `name`, fingerprinted by the params and its input files."""
+    digests = {str(p): file_digest(p) for p in inputs}
+    return Checkpointer(layout.checkpoint(name), fingerprint(name=name, params=params, inputs=digests))
+
+
+def _feature_index(layout: Layout, split: str) -> list:
+    return [layout.features(split) / "index.csv", layout.features(split) / "meta.json"]
+
+
+def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()) -> dict | None:
     """Train fold `fold` of `family`; write model, plain OOF/test predictions and history.
-    Returns the member's metrics."""
+    Returns the member's metrics (None on ranks other than 0 under torchrun: they write nothing)."""
     if family not in FOLD_FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {FOLD_FAMILIES}")
     t0 = time.perf_counter()
-    device = pick_device()
+    device = dist.setup(pick_device()).device
     classes, store, tr_rows, tr_y, va_rows, va_y, va_fnames = curated_split(layout, fold)
     train_cfg = family_train_cfg(params, family)
     crop = int(train_cfg["crop_frames"])
     seed = member_seed(params["seed"], fold)
     seed_everything(seed)  # the model's initial weights come from the seeded global RNG
     model = models.build(params["model"], len(classes), store.n_mels)
+    inputs = [layout.folds, *_feature_index(layout, "curated")]
     if family == "finetune" or (family == "retrain" and retrain_init(params) == "pretrain"):
         models.load_backbone(model, layout.pretrain / "model.pt")
+        inputs.append(layout.pretrain / "model.pt")
+    if family == "retrain":
+        inputs += [layout.pseudo(fold) / "labels.csv", *_feature_index(layout, "noisy")]
+    ckpt = checkpointer(f"{family}@{fold}", params, inputs, layout)
 
     datasets = [CropDataset(store, tr_rows, tr_y, crop, seed)]
     n_pseudo = 0
@@ -120,7 +136,9 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
 
     history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
                   augment_cfg=params["augment"], seed=seed, device=device, validate=validate,
-                  desc=f"{family}@{fold}")
+                  desc=f"{family}@{fold}", checkpoint=ckpt)
+    if not dist.is_main():
+        return None
     final = last  # fit validates after the last epoch
     test_store = FeatureStore.open(layout.features("test"))
     test_probs = predict_plain(model, test_store, np.arange(len(test_store)), crop, device=device)
@@ -131,6 +149,7 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
     save_predictions(out / "oof.csv", va_fnames, final["probs"], classes)
     save_predictions(out / "test.csv", test_store.fnames, test_probs, classes)
     write_csv(out / "history.csv", history_frame(history))
+    ckpt.clear()
     result = {
         "fold": fold, "lwlrap": round(final["lwlrap"], 6), "val_loss": round(final["loss"], 6),
         "train_clips": int(len(tr_rows)), "pseudo_clips": n_pseudo, "val_clips": int(len(va_rows)),
@@ -140,10 +159,11 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
     return result
 
 
-def train_pretrain(params: dict, layout: Layout = Layout()) -> dict:
-    """Train on the whole noisy set with its own labels; score on the curated set (never seen)."""
+def train_pretrain(params: dict, layout: Layout = Layout()) -> dict | None:
+    """Train on the whole noisy set with its own labels; score on the curated set (never seen).
+    Returns the metrics (None on ranks other than 0 under torchrun)."""
     t0 = time.perf_counter()
-    device = pick_device()
+    device = dist.setup(pick_device()).device
     classes = data.vocabulary(layout.raw)
     noisy = FeatureStore.open(layout.features("noisy"))
     noisy_table = data.split_table(layout.raw, "noisy")
@@ -157,6 +177,7 @@ def train_pretrain(params: dict, layout: Layout = Layout()) -> dict:
     model = models.build(params["model"], len(classes), noisy.n_mels)
     train_data = CropDataset(noisy, noisy.position(noisy_table["fname"]),
                              data.multi_hot(noisy_table["labels"], classes), crop, seed)
+    ckpt = checkpointer("pretrain", params, _feature_index(layout, "noisy") + _feature_index(layout, "curated"), layout)
     last: dict = {}
 
     def validate(m):
@@ -164,11 +185,15 @@ def train_pretrain(params: dict, layout: Layout = Layout()) -> dict:
         return last
 
     history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
-                  augment_cfg=params["augment"], seed=seed, device=device, validate=validate, desc="pretrain")
+                  augment_cfg=params["augment"], seed=seed, device=device, validate=validate, desc="pretrain",
+                  checkpoint=ckpt)
+    if not dist.is_main():
+        return None
     out = layout.pretrain
     models.save(out / "model.pt", model.cpu(), params["model"], classes, noisy.n_mels,
                 extra={"family": "pretrain", "crop_frames": crop})
     write_csv(out / "history.csv", history_frame(history))
+    ckpt.clear()
     result = {"curated_lwlrap": round(last["lwlrap"], 6), "curated_loss": round(last["loss"], 6),
               "train_clips": len(train_data), "epochs": int(train_cfg["epochs"])}
     log.info("pretrain done in %.1f s on %s: %s", time.perf_counter() - t0, device.type, result)

@@ -35,6 +35,10 @@ class Layout:
     def preds(self, family: str, fold: int) -> Path:
         return self.root / "data/preds" / family / f"fold{fold}"
 
+    def checkpoint(self, name: str) -> Path:
+        """Resume state of a training run; no stage declares it, so DVC keeps it between runs."""
+        return self.root / "data/checkpoints" / f"{name}.pt"
+
     def metrics(self, name: str) -> Path:
         return self.root / "metrics" / f"{name}.json"
 

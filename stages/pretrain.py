@@ -1,15 +1,21 @@
-"""Stage `pretrain`: train the CNN on the whole noisy set (its own labels); score it on the curated set."""
+"""Stage `pretrain`: train the CNN on the whole noisy set (its own labels); score it on the curated set.
+Runs under torchrun as it is; with params dist.nproc_per_node > 1 it relaunches itself under torchrun."""
 import argparse
+import sys
 
-from fat import family, log, params
+from fat import dist, family, log, params
 from fat.io import write_json
 
 
 def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
-    log.setup("pretrain")
     p = params.load()
-    write_json("metrics/pretrain.json", family.train_pretrain(p))
+    dist.relaunch(int(p["dist"]["nproc_per_node"]), __file__, sys.argv[1:])
+    log.setup("pretrain")
+    result = family.train_pretrain(p)
+    if result is not None:  # rank 0 (or the only process) writes
+        write_json("metrics/pretrain.json", result)
+    dist.teardown()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Stage `{baseline,finetune,retrain}@k`: train fold k of a model family, write model + plain OOF/test predictions."""
+"""Stage `{baseline,finetune,retrain}@k`: train fold k of a model family, write model + plain OOF/test predictions.
+Runs under torchrun as it is; with params dist.nproc_per_node > 1 it relaunches itself under torchrun."""
 import argparse
+import sys
 
-from fat import family, log, params
+from fat import dist, family, log, params
 from fat.io import write_json
 
 
@@ -10,10 +12,13 @@ def main():
     ap.add_argument("family", choices=family.FOLD_FAMILIES)
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
-    log.setup(f"{args.family}@{args.fold}")
     p = params.load()
+    dist.relaunch(int(p["dist"]["nproc_per_node"]), __file__, sys.argv[1:])
+    log.setup(f"{args.family}@{args.fold}")
     result = family.train_member(args.family, args.fold, p)
-    write_json(f"metrics/{args.family}/fold{args.fold}.json", result)
+    if result is not None:  # rank 0 (or the only process) writes
+        write_json(f"metrics/{args.family}/fold{args.fold}.json", result)
+    dist.teardown()
 
 
 if __name__ == "__main__":

@@ -159,3 +159,24 @@ def test_exp_run_reruns_only_what_depends_on_mixup(repo, first_repro):
         assert any(k.startswith(f"metrics/{fam}") for k in diff), f"no {fam} metric changed: {sorted(diff)}"
     params_diff = json.loads(run(["dvc", "params", "diff", "--json"], repo))
     assert params_diff["params.yaml"]["mixup.alpha"]["new"] == 0.4
+
+
+def test_training_stage_relaunches_under_torchrun_and_only_rank0_writes(repo, first_repro):
+    """dist.nproc_per_node: 2 makes the unchanged stage command run as 2 gloo processes."""
+    params_file = repo / "params.yaml"
+    text = params_file.read_text()
+    assert "nproc_per_node: 1" in text
+    params_file.write_text(text.replace("nproc_per_node: 1", "nproc_per_node: 2", 1))
+    metrics_file = repo / "metrics" / "baseline" / "fold1.json"
+    metrics_file.unlink()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "FAT_LOG": "INFO"}
+    proc = subprocess.run([sys.executable, "stages/train.py", "baseline", "1"], cwd=repo, env=env,
+                          capture_output=True, text=True)
+    params_file.write_text(text)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "relaunching under torchrun" in out and "rank 1/2" in out and "rank 0/2" in out
+    assert out.count("baseline@1 done") == 1  # only rank 0 finishes by writing
+    result = json.loads(metrics_file.read_text())
+    assert result["fold"] == 1 and 0 < result["lwlrap"] <= 1
+    assert not (repo / "data" / "checkpoints" / "baseline@1.pt").exists()  # cleared after success
