@@ -9,9 +9,9 @@ from fat.io import write_json
 
 def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
+    log.setup("pretrain")
     p = params.load()
     dist.relaunch(int(p["dist"]["nproc_per_node"]), __file__, sys.argv[1:])
-    log.setup("pretrain")
     result = family.train_pretrain(p)
     if result is not None:  # rank 0 (or the only process) writes
         write_json("metrics/pretrain.json", result)

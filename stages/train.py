@@ -12,9 +12,9 @@ def main():
     ap.add_argument("family", choices=family.FOLD_FAMILIES)
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
+    log.setup(f"{args.family}@{args.fold}")
     p = params.load()
     dist.relaunch(int(p["dist"]["nproc_per_node"]), __file__, sys.argv[1:])
-    log.setup(f"{args.family}@{args.fold}")
     result = family.train_member(args.family, args.fold, p)
     if result is not None:  # rank 0 (or the only process) writes
         write_json(f"metrics/{args.family}/fold{args.fold}.json", result)
