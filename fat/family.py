@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import ConcatDataset
 
-from fat import data, metrics, models
+from fat import data, metrics, models, track
 from fat.features import FeatureStore
 from fat.layout import Layout
 from fat.io import load_predictions, save_predictions, write_csv
@@ -112,9 +112,10 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
         last.update(evaluate(m, store, va_rows, va_y, crop, device=device))
         return last
 
-    history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
-                  augment_cfg=params["augment"], seed=seed, device=device, validate=validate,
-                  desc=f"{family}@{fold}")
+    with track.curves(layout.curves(family, fold)) as on_epoch:
+        history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
+                      augment_cfg=params["augment"], seed=seed, device=device, validate=validate,
+                      desc=f"{family}@{fold}", on_epoch=on_epoch)
     final = last  # fit validates after the last epoch
     test_store = FeatureStore.open(layout.features("test"))
     test_probs = predict_plain(model, test_store, np.arange(len(test_store)), crop, device=device)
@@ -157,8 +158,10 @@ def train_pretrain(params: dict, layout: Layout = Layout()) -> dict:
         last.update(evaluate(m, curated, cur_rows, cur_y, crop, device=device))
         return last
 
-    history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
-                  augment_cfg=params["augment"], seed=seed, device=device, validate=validate, desc="pretrain")
+    with track.curves(layout.curves("pretrain")) as on_epoch:
+        history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
+                      augment_cfg=params["augment"], seed=seed, device=device, validate=validate, desc="pretrain",
+                      on_epoch=on_epoch)
     out = layout.pretrain
     models.save(out / "model.pt", model.cpu(), params["model"], classes, noisy.n_mels,
                 extra={"family": "pretrain", "crop_frames": crop})

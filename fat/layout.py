@@ -35,6 +35,11 @@ class Layout:
     def preds(self, family: str, fold: int) -> Path:
         return self.root / "data/preds" / family / f"fold{fold}"
 
+    def curves(self, family: str, fold: int | None = None) -> Path:
+        """DVCLive directory of a training stage's per-epoch curves (metrics/train/<family>[/fold<k>])."""
+        base = self.root / "metrics/train" / family
+        return base if fold is None else base / f"fold{fold}"
+
     def metrics(self, name: str) -> Path:
         return self.root / "metrics" / f"{name}.json"
 

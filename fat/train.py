@@ -66,9 +66,10 @@ def evaluate(model, store, rows, targets, length, *, device, batch_size=64) -> d
 
 
 def fit(model, data: CropDataset, *, train_cfg: dict, mixup_alpha: float, augment_cfg: dict, seed: int,
-        device, validate=None, desc: str = "train") -> list[dict]:
+        device, validate=None, desc: str = "train", on_epoch=None) -> list[dict]:
     """Train `model` in place for `train_cfg['epochs']` epochs. `validate(model) -> dict` is called
-    every `eval_every` epochs (and after the last); the history of epoch records is returned."""
+    every `eval_every` epochs (and after the last); `on_epoch(record)` (e.g. fat.track's DVCLive
+    logger) after each epoch's record is complete; the history of epoch records is returned."""
     epochs = int(train_cfg["epochs"])
     bs = min(int(train_cfg["batch_size"]), len(data))
     eval_every = int(train_cfg.get("eval_every", 1))
@@ -110,6 +111,8 @@ def fit(model, data: CropDataset, *, train_cfg: dict, mixup_alpha: float, augmen
             v = validate(model)
             rec.update({"val_loss": v["loss"], "val_lwlrap": v["lwlrap"]})
         history.append(rec)
+        if on_epoch is not None:
+            on_epoch(rec)
         bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k in ("train_loss", "val_lwlrap")})
         log.debug("%s epoch %d: %s", desc, epoch + 1, {k: v for k, v in rec.items() if k != "epoch"})
     return history

@@ -10,12 +10,12 @@ def main():
     ap.add_argument("--out", default="data/raw")
     ap.add_argument("--metrics", default="metrics/prepare.json")
     args = ap.parse_args()
-    logger = log.setup("prepare")
+    logger = log.stage("prepare")
     p = params.load()
     stats = prepare.prepare(str(p["data"]["source"]), args.out, p["synth"], seed=int(p["seed"]),
                          n_jobs=int(p["data"].get("n_jobs", 0)))
     write_json(args.metrics, stats)
-    logger.info("wrote %s: %s", args.out, {k: v for k, v in stats.items() if k.endswith("clips")})
+    log.done(logger, "wrote %s: %s", args.out, {k: v for k, v in stats.items() if k.endswith("clips")})
 
 
 if __name__ == "__main__":

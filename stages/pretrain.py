@@ -7,7 +7,7 @@ from fat.io import write_json
 
 def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
-    log.setup("pretrain")
+    log.stage("pretrain")  # fat.family logs the end with the figures
     p = params.load()
     write_json("metrics/pretrain.json", family.train_pretrain(p))
 

@@ -10,7 +10,7 @@ def main():
     ap.add_argument("family", choices=family.FOLD_FAMILIES)
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
-    log.setup(f"{args.family}@{args.fold}")
+    log.stage(f"{args.family}@{args.fold}")  # fat.family logs the end with the figures
     p = params.load()
     result = family.train_member(args.family, args.fold, p)
     write_json(f"metrics/{args.family}/fold{args.fold}.json", result)
