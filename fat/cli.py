@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     from fat import fetch  # standard library only at import: cheap
 
     fetch.add_parser(sub)
+
+    from fat import prreport, webview  # commands that live in their own modules
+
+    prreport.add_parser(sub)
+    webview.add_parser(sub)
     return ap
 
 

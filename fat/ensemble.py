@@ -161,6 +161,12 @@ def nested_oof(oof: dict[str, np.ndarray], truth: np.ndarray, fold_of: np.ndarra
     return out
 
 
+def fold_scores(oof: dict[str, np.ndarray], truth: np.ndarray, fold_of: np.ndarray) -> dict:
+    """OOF lwlrap of every member on every fold: {"fold0": {member: score, …}, …}."""
+    return {f"fold{k}": {m: round(metrics.lwlrap(truth[fold_of == k], p[fold_of == k]), 6) for m, p in oof.items()}
+            for k in np.unique(fold_of)}
+
+
 def select_and_fit(oof: dict[str, np.ndarray], truth: np.ndarray, cfg: dict, seed: int):
     """Rank members by lwlrap, filter by correlation, fit the combiner on the kept ones.
     Returns (scores, correlation, kept, dropped, fitted combiner)."""
@@ -225,6 +231,7 @@ def run(params: dict, layout: Layout = Layout()) -> tuple[dict, pd.DataFrame, pd
     })
     if combiner.weights is not None:
         result["weights"] = {m: round(float(w), 4) for m, w in zip(kept, combiner.weights)}
+    result["folds"] = fold_scores({**oof, "ensemble": oof_ens}, truth, fold_of)
     per_class, weight = metrics.lwlrap_per_class(truth, oof_ens)
     per_class_df = pd.DataFrame({"class": classes, "lwlrap": np.round(per_class, 6), "weight": np.round(weight, 6)})
     submission = pd.DataFrame(test_ens, columns=classes)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import ConcatDataset
 
-from fat import data, dist, metrics, models
+from fat import data, dist, metrics, models, track
 from fat.checkpoint import Checkpointer, file_digest, fingerprint
 from fat.features import FeatureStore
 from fat.layout import Layout
@@ -134,9 +134,10 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
         last.update(evaluate(m, store, va_rows, va_y, crop, device=device))
         return last
 
-    history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
-                  augment_cfg=params["augment"], seed=seed, device=device, validate=validate,
-                  desc=f"{family}@{fold}", checkpoint=ckpt)
+    with track.curves(layout.curves(family, fold), enabled=dist.is_main()) as on_epoch:
+        history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
+                      augment_cfg=params["augment"], seed=seed, device=device, validate=validate,
+                      desc=f"{family}@{fold}", on_epoch=on_epoch, checkpoint=ckpt)
     if not dist.is_main():
         return None
     final = last  # fit validates after the last epoch
@@ -184,9 +185,10 @@ def train_pretrain(params: dict, layout: Layout = Layout()) -> dict | None:
         last.update(evaluate(m, curated, cur_rows, cur_y, crop, device=device))
         return last
 
-    history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
-                  augment_cfg=params["augment"], seed=seed, device=device, validate=validate, desc="pretrain",
-                  checkpoint=ckpt)
+    with track.curves(layout.curves("pretrain"), enabled=dist.is_main()) as on_epoch:
+        history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
+                      augment_cfg=params["augment"], seed=seed, device=device, validate=validate, desc="pretrain",
+                      on_epoch=on_epoch, checkpoint=ckpt)
     if not dist.is_main():
         return None
     out = layout.pretrain

@@ -39,6 +39,11 @@ class Layout:
         """Resume state of a training run; no stage declares it, so DVC keeps it between runs."""
         return self.root / "data/checkpoints" / f"{name}.pt"
 
+    def curves(self, family: str, fold: int | None = None) -> Path:
+        """DVCLive directory of a training stage's per-epoch curves (metrics/train/<family>[/fold<k>])."""
+        base = self.root / "metrics/train" / family
+        return base if fold is None else base / f"fold{fold}"
+
     def metrics(self, name: str) -> Path:
         return self.root / "metrics" / f"{name}.json"
 

@@ -69,15 +69,19 @@ def evaluate(model, store, rows, targets, length, *, device, batch_size=64) -> d
 
 
 def fit(model, data: CropDataset, *, train_cfg: dict, mixup_alpha: float, augment_cfg: dict, seed: int,
-        device, validate=None, desc: str = "train", checkpoint: Checkpointer | None = None) -> list[dict]:
+        device, validate=None, desc: str = "train", on_epoch=None,
+        checkpoint: Checkpointer | None = None) -> list[dict]:
     """Train `model` in place for `train_cfg['epochs']` epochs. `validate(model) -> dict` is called
-    every `eval_every` epochs (and after the last); the history of epoch records is returned.
+    every `eval_every` epochs (and after the last); `on_epoch(record)` (e.g. fat.track's DVCLive
+    logger) after each epoch's record is complete, on rank 0 only; the history of epoch records is
+    returned.
 
     Under torchrun (fat.dist) the model is wrapped in DistributedDataParallel, each rank trains on
     its shard of every epoch with batch_size / world clips (the global batch stays the same), the
     training loss is averaged over ranks, and rank 0 validates and shares the figures.
     With `checkpoint`, the full training state is saved after every epoch (rank 0) and a matching
-    checkpoint is resumed from, giving the same result as an uninterrupted run."""
+    checkpoint is resumed from, giving the same result as an uninterrupted run (the resumed epochs'
+    records are replayed to `on_epoch`)."""
     epochs = int(train_cfg["epochs"])
     world, rank = (td.get_world_size(), td.get_rank()) if dist.active() else (1, 0)
     bs = max(1, min(int(train_cfg["batch_size"]), len(data)) // world)
@@ -107,6 +111,8 @@ def fit(model, data: CropDataset, *, train_cfg: dict, mixup_alpha: float, augmen
     state = checkpoint.load() if checkpoint is not None else None
     if state is not None:
         start, history = _restore(state, model, opt, sched, rng, gen)
+        for rec in history if on_epoch is not None and rank == 0 else ():
+            on_epoch(rec)
     bar = progress(range(start, epochs), desc=desc, initial=start, total=epochs)
     for epoch in bar:
         data.epoch = epoch
@@ -135,6 +141,8 @@ def fit(model, data: CropDataset, *, train_cfg: dict, mixup_alpha: float, augmen
         history.append(rec)
         if checkpoint is not None and rank == 0:
             checkpoint.save(_state(epoch + 1, history, model, opt, sched, rng, gen))
+        if on_epoch is not None and rank == 0:
+            on_epoch(rec)
         bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k in ("train_loss", "val_lwlrap")})
         log.debug("%s epoch %d: %s", desc, epoch + 1, {k: v for k, v in rec.items() if k != "epoch"})
     return history

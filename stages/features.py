@@ -10,11 +10,11 @@ def main():
     ap.add_argument("--raw", default="data/raw")
     ap.add_argument("--out", default="data/features/{split}")
     args = ap.parse_args()
-    logger = log.setup(f"features@{args.split}")
+    logger = log.stage(f"features@{args.split}")
     p = params.load()
     out = args.out.format(split=args.split)
     meta = features.build_split(args.raw, args.split, out, p)
-    logger.info("wrote %s: %d clips, %d frames", out, meta["clips"], meta["frames"])
+    log.done(logger, "wrote %s: %d clips, %d frames", out, meta["clips"], meta["frames"])
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ def main():
     ap.add_argument("--raw", default="data/raw")
     ap.add_argument("--out", default="data/folds.csv")
     args = ap.parse_args()
-    logger = log.setup("folds")
+    logger = log.stage("folds")
     p = params.load()
     df = folds.curated_folds(args.raw, int(p["cv"]["n_folds"]), seed=int(p["seed"]))
     write_csv(args.out, df)
-    logger.info("wrote %s: fold sizes %s", args.out, df["fold"].value_counts().sort_index().tolist())
+    log.done(logger, "wrote %s: fold sizes %s", args.out, df["fold"].value_counts().sort_index().tolist())
 
 
 if __name__ == "__main__":

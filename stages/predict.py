@@ -10,11 +10,11 @@ def main():
     ap.add_argument("family", choices=family.FOLD_FAMILIES)
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
-    logger = log.setup(f"predict@{args.family}-{args.fold}")
+    logger = log.stage(f"predict@{args.family}-{args.fold}")
     p = params.load()
     result = family.predict_member(args.family, args.fold, p)
     write_json(f"metrics/tta/{args.family}-fold{args.fold}.json", result)
-    logger.info("%s", result)
+    log.done(logger, "%s", result)
 
 
 if __name__ == "__main__":

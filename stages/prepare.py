@@ -13,7 +13,7 @@ def main():
     ap.add_argument("--quarantine", default="metrics/quarantine.csv",
                     help="report of the audio files left out under data.on_bad_audio: skip")
     args = ap.parse_args()
-    logger = log.setup("prepare")
+    logger = log.stage("prepare")
     p = params.load()
     cfg = p["data"]
     stats, bad = prepare.prepare(str(cfg["source"]), args.out, p["synth"], seed=int(p["seed"]),
@@ -22,7 +22,7 @@ def main():
     write_csv(args.quarantine, bad)
     if len(bad):
         logger.warning("quarantined %d audio files (data.on_bad_audio: skip); reasons in %s", len(bad), args.quarantine)
-    logger.info("wrote %s: %s", args.out, {k: v for k, v in stats.items() if k.endswith("clips")})
+    log.done(logger, "wrote %s: %s", args.out, {k: v for k, v in stats.items() if k.endswith("clips")})
 
 
 if __name__ == "__main__":

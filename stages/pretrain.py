@@ -9,7 +9,7 @@ from fat.io import write_json
 
 def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
-    log.setup("pretrain")
+    log.stage("pretrain")  # fat.family logs the end with the figures
     p = params.load()
     dist.relaunch(int(p["dist"]["nproc_per_node"]), __file__, sys.argv[1:])
     result = family.train_pretrain(p)

@@ -2,18 +2,19 @@
 import argparse
 
 from fat import log, params, pseudo
-from fat.io import write_json
+from fat.io import write_csv, write_json
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
-    logger = log.setup(f"pseudo@{args.fold}")
+    logger = log.stage(f"pseudo@{args.fold}")
     p = params.load()
     rep = pseudo.label_fold(args.fold, p)
     write_json(f"metrics/pseudo/fold{args.fold}.json", {k: v for k, v in rep.items() if k != "per_class"})
-    logger.info("kept %d of %d noisy clips", rep["kept"], rep["noisy_clips"])
+    write_csv(f"metrics/pseudo/fold{args.fold}_per_class.csv", pseudo.per_class_table(rep))  # a DVC plot
+    log.done(logger, "kept %d of %d noisy clips (%.1f %%)", rep["kept"], rep["noisy_clips"], 100 * rep["kept_share"])
 
 
 if __name__ == "__main__":

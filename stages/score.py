@@ -9,11 +9,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("family", choices=family.FOLD_FAMILIES)
     args = ap.parse_args()
-    logger = log.setup(f"score@{args.family}")
+    logger = log.stage(f"score@{args.family}")
     p = params.load()
     result = family.score_family(args.family, list(p["cv"]["folds"]))
     write_json(f"metrics/{args.family}.json", result)
-    logger.info("%s: %s", args.family, result)
+    log.done(logger, "OOF lwlrap %s (TTA %s), test %s", result["oof_lwlrap"], result["oof_lwlrap_tta"], result.get("test_lwlrap", "-"))
 
 
 if __name__ == "__main__":

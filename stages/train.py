@@ -12,7 +12,7 @@ def main():
     ap.add_argument("family", choices=family.FOLD_FAMILIES)
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
-    log.setup(f"{args.family}@{args.fold}")
+    log.stage(f"{args.family}@{args.fold}")  # fat.family logs the end with the figures
     p = params.load()
     dist.relaunch(int(p["dist"]["nproc_per_node"]), __file__, sys.argv[1:])
     result = family.train_member(args.family, args.fold, p)

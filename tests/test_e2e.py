@@ -1,6 +1,8 @@
 """End to end: the whole DAG under `dvc repro` on the tiny profile, in a fresh git repo copied from
 this checkout; then a no-op repro, and a `dvc exp run -S mixup.alpha=…` that reruns only what
-depends on mixup and shows up in `dvc metrics diff`."""
+depends on mixup and shows up in `dvc metrics diff`. On the same run: `dvc plots show` drawn in
+headless Chromium, `fat pr-report` between the commits before and after the mixup change, and the
+README's queued sweep (`dvc exp run --queue -S …`, `dvc queue start -j 2`, `dvc exp show`)."""
 from __future__ import annotations
 
 import json
@@ -11,20 +13,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import time
+
 import pandas as pd
 import pytest
 import yaml
+from dvc_render.base import Renderer
+from matplotlib.image import imread
 
-from fat import data, params
+from fat import data, params, track, webview
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
+def env() -> dict:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DVC_NO_ANALYTICS": "1", "FAT_LOG": "WARNING"}
+
+
 def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "DVC_NO_ANALYTICS": "1", "FAT_LOG": "WARNING"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout + proc.stderr
@@ -58,7 +67,7 @@ def first_repro(repo) -> str:
 def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
     p = params.load(repo / "params.yaml")
     folds = p["cv"]["folds"]
-    expected = {"prepare", "folds", "pretrain", "ensemble"} | {f"features@{s}" for s in ("curated", "noisy", "test")}
+    expected = {"prepare", "report", "folds", "pretrain", "ensemble"} | {f"features@{s}" for s in ("curated", "noisy", "test")}
     for fam in ("baseline", "finetune", "retrain"):
         expected |= {f"{fam}@{k}" for k in folds} | {f"predict@{fam}-{k}" for k in folds} | {f"score@{fam}"}
     expected |= {f"pseudo@{k}" for k in folds}
@@ -87,6 +96,69 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
         rep = json.loads((repo / f"metrics/pseudo/fold{k}.json").read_text())
         assert rep["noisy_clips"] == p["synth"]["noisy"]["n_clips"]
 
+    report = json.loads((repo / "metrics/report.json").read_text())
+    for split in ("curated", "noisy", "test"):
+        assert report["splits"][split]["clips"] == p["synth"][split]["n_clips"]
+        assert report["splits"][split]["sample_rates"] == {str(p["synth"]["sample_rate"]): p["synth"][split]["n_clips"]}
+    assert 0 < report["noisy_vs_curated"]["total_variation"] < 1
+    folds_table = pd.read_csv(repo / "metrics/ensemble_folds.csv")
+    assert folds_table["fold"].tolist() == [f"fold{k}" for k in folds]
+    assert list(folds_table.columns[1:]) == ["baseline", "finetune", "retrain", "ensemble"]
+    assert folds_table.iloc[:, 1:].map(lambda v: 0 < v <= 1).all().all()
+    for fam in ("baseline", "finetune", "retrain"):  # DVCLive curves of every training stage and fold
+        for k in folds:
+            epochs = json.loads((repo / f"metrics/{fam}/fold{k}.json").read_text())["epochs"]
+            curve = pd.read_csv(repo / f"metrics/train/{fam}/fold{k}/plots/metrics/train_loss.tsv", sep="\t")
+            assert curve["step"].tolist() == list(range(1, epochs + 1))
+
+
+PLOT_IMAGES = ["metrics/ensemble_correlation.png", "metrics/ensemble_folds.png"] + [
+    f"metrics/report/{n}.png" for n in ("class_counts", "label_shift", "labels_per_clip", "durations", "audio_formats")]
+
+
+def need(what: str, ok: bool):
+    if not ok:
+        msg = f"{what} missing: run `.ci/run` (installs chromium, runs `fat offline-plots`)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def test_plots_show_page_draws_every_plot_in_chromium(repo, first_repro, tmp_path):
+    need("chromium", webview.find_chromium() is not None)
+    need("the vega cache", webview.cached_scripts() is not None)
+    run(["fat", "offline-plots"], repo)  # cached bundles: no network
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
+    page = tmp_path / "plots/index.html"
+    html = page.read_text()
+    assert "cdn.jsdelivr" not in html  # everything it needs is inside the page
+
+    p = params.load(repo / "params.yaml")
+    n_classes = p["synth"]["n_classes"]
+    curves = [f"metrics/train/{fam}/fold{k}/plots/metrics/{c}.tsv"
+              for fam in ("baseline", "finetune", "retrain") for k in p["cv"]["folds"] for c in track.CURVES]
+    curves += [f"metrics/train/pretrain/plots/metrics/{c}.tsv" for c in track.CURVES]
+    bars = ["metrics/ensemble_per_class.csv"] + [f"metrics/pseudo/fold{k}_per_class.csv" for k in p["cv"]["folds"]]
+    ident = Renderer.remove_special_chars
+
+    rep = webview.page_report(webview.dump_dom(page))
+    assert rep["done"] == len(curves) + len(bars), "not every vega view settled"
+    assert set(rep["plots"]) == {ident(n) for n in curves + bars + PLOT_IMAGES}
+    for name in curves:
+        view = rep["plots"][ident(name)]
+        assert view["render"] == "ok" and view["svg"] and view["line_points"], (name, view)
+        if name.startswith("metrics/train/baseline/"):  # the tiny baseline trains 2 epochs: 2 points a line
+            assert max(view["line_points"]) == p["train"]["epochs"], (name, view)
+    for name in bars:
+        view = rep["plots"][ident(name)]
+        assert view["render"] == "ok" and view["marks"] == {"rect": n_classes}, (name, view)
+    for name in PLOT_IMAGES:
+        images = rep["plots"][ident(name)]["images"]
+        assert len(images) == 1 and images[0]["loaded"] == "ok", (name, images)
+
+    shot = imread(webview.screenshot(page, tmp_path / "plots.png", width=1400, height=2400))
+    assert shot[..., :3].std() > 0.05
+
 
 def test_data_is_stored_once_workspace_linked_to_cache(repo, first_repro):
     """.dvc/config's cache.type: data/raw's wavs are the cache's files (hard links), not copies."""
@@ -104,13 +176,17 @@ def test_second_repro_does_nothing(repo, first_repro):
     assert "Data and pipelines are up to date" in out
 
 
+def commit(repo: Path, message: str) -> None:
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", message], repo)
+
+
 def test_folds_train_in_parallel_with_dvc_wait_for_lock(repo, first_repro):
     """README's parallel-folds recipe: one `dvc --wait-for-lock repro -s` per fold, two at a time.
     Both folds run, the lock file records both, and the results equal the serial run's."""
     before = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     proc = subprocess.run("printf 'baseline@%s\\n' 0 1 | xargs -P 2 -I{} dvc --wait-for-lock repro -f -s {}",
-                          shell=True, cwd=repo, capture_output=True, text=True,
-                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+                          shell=True, cwd=repo, capture_output=True, text=True, env=env())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert ran_stages(proc.stdout + proc.stderr) == {"baseline@0", "baseline@1"}
     after = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
@@ -119,17 +195,12 @@ def test_folds_train_in_parallel_with_dvc_wait_for_lock(repo, first_repro):
     assert json.loads(run(["dvc", "status", "--json"], repo)) == {}
 
 
-def _commit(repo: Path, message: str) -> None:
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", message], repo)
-
-
 def test_shared_remote_fresh_clone_pulls_and_does_no_work(repo, first_repro, tmp_path):
     """The team workflow of the README: push outputs and run cache to a shared DVC remote (a local
     directory here), clone afresh, pull; the clone is up to date and its metrics are the same."""
     remote = tmp_path / "remote"
     run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
-    _commit(repo, "results + shared remote")
+    commit(repo, "results + shared remote")
     run(["dvc", "push", "--run-cache"], repo)
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
@@ -144,12 +215,27 @@ def test_shared_remote_fresh_clone_pulls_and_does_no_work(repo, first_repro, tmp
     assert a == b
 
 
-def test_exp_run_reruns_only_what_depends_on_mixup(repo, first_repro):
-    _commit(repo, "results")
-    out = run(["dvc", "exp", "run", "-S", "mixup.alpha=0.4"], repo)
+@pytest.fixture(scope="module")
+def alpha_exp(repo, first_repro) -> str:
+    """The results committed, then `dvc exp run -S mixup.alpha=0.4` in the workspace."""
+    commit(repo, "results")
+    return run(["dvc", "exp", "run", "-S", "mixup.alpha=0.4"], repo)
+
+
+@pytest.fixture(scope="module")
+def alpha_commit(repo, alpha_exp) -> Path:
+    """Two commits that differ in mixup.alpha (0 -> 0.4), each with its results."""
+    commit(repo, "mixup.alpha 0.4")
+    return repo
+
+
+UPSTREAM = {"prepare", "report", "folds", "features@curated", "features@noisy", "features@test"}
+
+
+def test_exp_run_reruns_only_what_depends_on_mixup(repo, alpha_exp):
+    out = alpha_exp
     ran = ran_stages(out)
-    upstream = {"prepare", "folds", "features@curated", "features@noisy", "features@test"}
-    assert not ran & upstream, f"stages upstream of training reran: {ran & upstream}"
+    assert not ran & UPSTREAM, f"stages upstream of training reran: {ran & UPSTREAM}"
     assert {"baseline@0", "pretrain", "finetune@0", "retrain@0", "ensemble"} <= ran
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))
     assert "metrics/ensemble.json" in diff
@@ -161,6 +247,56 @@ def test_exp_run_reruns_only_what_depends_on_mixup(repo, first_repro):
     assert params_diff["params.yaml"]["mixup.alpha"]["new"] == 0.4
 
 
+def test_pr_report_between_the_commits_before_and_after_the_mixup_change(alpha_commit, tmp_path):
+    repo = alpha_commit
+    out = run(["fat", "pr-report", "HEAD~1", "--out", str(tmp_path / "pr")], repo)
+    assert out.strip().endswith("report.md")
+    md = (tmp_path / "pr/report.md").read_text()
+    params_part = md.split("### Params", 1)[1].split("###", 1)[0]
+    assert re.search(r"\| params\.yaml\s*\| mixup\.alpha\s*\| 0\s*\| 0\.4\s*\|", params_part), params_part
+    metrics_part = md.split("### Metrics", 1)[1].split("###", 1)[0]
+    assert "metrics/ensemble.json" in metrics_part and "metrics/baseline/fold0.json" in metrics_part
+    assert "metrics/prepare.json" not in metrics_part  # upstream of training: unchanged
+    old, new = (json.loads(run(["git", "show", f"{rev}:metrics/ensemble.json"], repo)) for rev in ("HEAD~1", "HEAD"))
+    for key in ("lwlrap", "test_lwlrap"):  # the headline lists the ensemble scores that moved (tiny: maybe none)
+        line = f"**metrics/ensemble.json `{key}`**: {old[key]:.4f} → {new[key]:.4f}"
+        assert (line in md) == (old[key] != new[key]), (key, old[key], new[key])
+    page = (tmp_path / "pr/plots/index.html").read_text()
+    assert "HEAD~1" in page and "workspace" in page and "train_loss" in page
+
+
+def test_queued_sweep_reuses_the_cached_features(alpha_commit, tmp_path):
+    """The README's sweep: queue three mixup values, run them two at a time, compare."""
+    repo = alpha_commit
+    queued = run(["dvc", "exp", "run", "--queue", "-S", "mixup.alpha=0,0.2,0.4"], repo)
+    names = dict(re.findall(r"mixup\.alpha=([\d.]+)'\]\}'\.\s*Queued experiment '([^']+)'", queued))
+    assert set(names) == {"0", "0.2", "0.4"}, queued
+    log = tmp_path / "queue-start.log"
+    with open(log, "w") as f:  # the workers it starts outlive it: a file, not a pipe, takes their output
+        proc = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env(), stdout=f, stderr=f)
+    assert proc.returncode == 0, log.read_text()
+    try:
+        deadline = time.monotonic() + 1500
+        while True:
+            status = run(["dvc", "queue", "status"], repo)
+            rows = {n: line for line in status.splitlines() for n in names.values() if f" {n} " in f" {line} "}
+            if all(("Success" in r or "Failed" in r) for r in rows.values()) and len(rows) == 3:
+                break
+            assert time.monotonic() < deadline, f"queue did not finish:\n{status}"
+            time.sleep(10)
+        assert all("Success" in r for r in rows.values()), status
+    finally:
+        subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env(), capture_output=True)
+    for alpha, name in names.items():
+        ran = ran_stages(run(["dvc", "queue", "logs", name], repo))
+        assert not ran & UPSTREAM, f"alpha={alpha}: stages upstream of training reran: {ran & UPSTREAM}"
+        if alpha == "0.2":  # the one new value really trained (0 and 0.4 come from the run cache / HEAD)
+            assert {"baseline@0", "pretrain", "ensemble"} <= ran, ran
+    table = run(["dvc", "exp", "show", "--md", "--only-changed"], repo)
+    assert "mixup.alpha" in table and all(n in table for n in names.values()), table
+    assert not any(s.split("@")[0] in table for s in ("features", "prepare"))  # nothing upstream changed
+
+
 def test_training_stage_relaunches_under_torchrun_and_only_rank0_writes(repo, first_repro):
     """dist.nproc_per_node: 2 makes the unchanged stage command run as 2 gloo processes."""
     params_file = repo / "params.yaml"
@@ -169,8 +305,7 @@ def test_training_stage_relaunches_under_torchrun_and_only_rank0_writes(repo, fi
     params_file.write_text(text.replace("nproc_per_node: 1", "nproc_per_node: 2", 1))
     metrics_file = repo / "metrics" / "baseline" / "fold1.json"
     metrics_file.unlink()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "FAT_LOG": "INFO"}
-    proc = subprocess.run([sys.executable, "stages/train.py", "baseline", "1"], cwd=repo, env=env,
+    proc = subprocess.run([sys.executable, "stages/train.py", "baseline", "1"], cwd=repo, env={**env(), "FAT_LOG": "INFO"},
                           capture_output=True, text=True)
     params_file.write_text(text)
     out = proc.stdout + proc.stderr

@@ -555,3 +555,18 @@ def test_nested_score_redoes_member_selection_without_each_fold(proj):
         best = max(FAMILIES, key=lambda m: (metrics.lwlrap(proj.truth[tr], oof[m][tr]), m))
         expected[~tr] = oof[best][~tr]
     assert result["lwlrap"] == pytest.approx(metrics.lwlrap(proj.truth, expected), abs=1e-6)
+
+
+def test_run_reports_oof_lwlrap_per_member_and_fold(proj):
+    result, _, _ = ensemble.run(params(), proj.layout)
+    oof = proj.oof["preds"]
+    assert set(result["folds"]) == {f"fold{k}" for k in FOLDS}
+    for k in FOLDS:
+        va = proj.fold_of == k
+        row = result["folds"][f"fold{k}"]
+        assert set(row) == set(FAMILIES) | {"ensemble"}
+        for m in FAMILIES:
+            assert row[m] == pytest.approx(metrics.lwlrap(proj.truth[va], oof[m][va]), abs=1e-6)
+        # nothing dropped, plain mean: the ensemble's fold-k rows are the mean of the members'
+        ens = np.mean([oof[m][va] for m in FAMILIES], axis=0)
+        assert row["ensemble"] == pytest.approx(metrics.lwlrap(proj.truth[va], ens), abs=1e-6)
