@@ -22,6 +22,7 @@ from dvc_render.base import Renderer
 from matplotlib.image import imread
 
 from fat import data, params, track, webview
+from test_webview import need
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -114,14 +115,6 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
 
 PLOT_IMAGES = ["metrics/ensemble_correlation.png", "metrics/ensemble_folds.png"] + [
     f"metrics/report/{n}.png" for n in ("class_counts", "label_shift", "labels_per_clip", "durations", "audio_formats")]
-
-
-def need(what: str, ok: bool):
-    if not ok:
-        msg = f"{what} missing: run `.ci/run` (installs chromium, runs `fat offline-plots`)"
-        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-            pytest.fail(msg)
-        pytest.skip(msg)
 
 
 def test_plots_show_page_draws_every_plot_in_chromium(repo, first_repro, tmp_path):
