@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="override the params seed")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (0 = all cores)")
     p.set_defaults(func=_synth)
+
+    from fat import bench
+
+    bench.add_parser(sub)
     return ap
 
 
