@@ -25,13 +25,24 @@ def random_start(rng: np.random.Generator, n: int, length: int) -> int:
     return int(rng.integers(0, n - length + 1)) if n >= length else int(rng.integers(0, n))
 
 
+def to_device(a: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host array on `device` without waiting for the device: on CUDA the array is staged in pinned
+    memory and copied asynchronously (a plain copy from pageable memory synchronises the stream)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if dtype is not None:
+        t = t.to(dtype)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator):
     """Blend every sample with a random partner: lam ~ Beta(alpha, alpha) per sample, applied to
     inputs and targets alike. alpha <= 0 returns the batch unchanged."""
     if alpha <= 0 or len(x) < 2:
         return x, y
-    lam = torch.as_tensor(rng.beta(alpha, alpha, size=len(x)), dtype=x.dtype, device=x.device)
-    perm = torch.as_tensor(rng.permutation(len(x)), device=x.device)
+    lam = to_device(rng.beta(alpha, alpha, size=len(x)), x.device, x.dtype)
+    perm = to_device(rng.permutation(len(x)), x.device)
     lx = lam.view(-1, *([1] * (x.dim() - 1)))
     ly = lam.view(-1, *([1] * (y.dim() - 1))).to(y.dtype)
     return lx * x + (1 - lx) * x[perm], ly * y + (1 - ly) * y[perm]
@@ -48,9 +59,8 @@ def spec_augment(x: torch.Tensor, rng: np.random.Generator, freq_masks: int = 2,
         width = rng.integers(0, int(frac * size) + 1, size=(n_masks, b))
         start = rng.integers(0, size, size=(n_masks, b))
         pos = torch.arange(size, device=x.device)
-        for w, s in zip(width, start):
-            s_t = torch.as_tensor(s, device=x.device).view(b, 1)
-            w_t = torch.as_tensor(w, device=x.device).view(b, 1)
-            hit = (pos >= s_t) & (pos < s_t + w_t)  # (B, size)
+        bounds = to_device(np.stack([start, start + width]), x.device)  # (2, n_masks, B), one copy
+        for s_t, e_t in zip(bounds[0], bounds[1]):
+            hit = (pos >= s_t.view(b, 1)) & (pos < e_t.view(b, 1))  # (B, size)
             keep &= ~(hit.view(b, size, 1) if dim == 1 else hit.view(b, 1, size))
     return torch.where(keep, x, fill)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import librosa
@@ -16,9 +17,11 @@ from fat.features import FeatureStore
 
 
 def _reference(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax):
-    mel = librosa.feature.melspectrogram(
-        y=y, sr=sr, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, fmin=fmin, fmax=fmax, power=2.0
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "n_fft=.* is too large", UserWarning)  # clips shorter than n_fft
+        mel = librosa.feature.melspectrogram(
+            y=y, sr=sr, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, fmin=fmin, fmax=fmax, power=2.0
+        )
     return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
 
 
@@ -55,6 +58,86 @@ def test_log_mel_matches_librosa(p):
     assert np.abs(got - ref).max() <= 1e-3
     assert got.min() >= -100.0 - 1e-3  # amin 1e-10 floor, no top_db
     assert np.isclose(got.min(), -100.0, atol=1e-3)  # the silent stretch hits the floor
+
+
+def _zoo(sr, seed=0):
+    """Signals that stress the definition: tones far from bin centres (their sidelobes sit 100+ dB
+    below the peak, where a float32 FFT's rounding noise alone is off by up to ~1 dB), a chirp,
+    noise, DC, clicks, digital silence, 16-bit quantisation, and lengths around n_fft and the hop."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(3.1 * sr)) / sr  # > 128 frames at every hop below: several FFT chunks, a partial block
+    tone = 0.9 * np.sin(2 * np.pi * 3000.3 * t)
+    return {
+        "tone": tone,
+        "quiet_tone": 1e-3 * np.sin(2 * np.pi * 440.0 * t),
+        "tone_pcm16": np.round(tone * 32767) / 32767,
+        "chirp": 0.5 * np.sin(2 * np.pi * (100 + 2000 * t) * t),
+        "noise": 0.1 * rng.standard_normal(len(t)),
+        "dc": 0.5 + 1e-4 * rng.standard_normal(sr),
+        "clicks": (np.arange(sr) % 5000 == 0).astype(float),
+        "silence": np.zeros(5000),
+        "tone_then_silence": np.where(t < 1.0, tone, 0.0),
+        "one_sample": np.array([0.5]),
+        "shorter_than_n_fft": 0.3 * rng.standard_normal(100),
+    }
+
+
+ZOO_PARAMS = [  # (sr, n_fft, hop, n_mels, fmin, fmax)
+    (44100, 2048, 512, 128, 0.0, 22050.0),  # the speed target
+    (44100, 2560, 690, 128, 20.0, 22050.0),  # the fat2019 preset
+    (22050, 1024, 512, 64, 20.0, 11025.0),  # the default params
+    (16000, 1025, 300, 40, 50.0, 7000.0),  # odd n_fft, hop not dividing it, fmax below Nyquist
+]
+
+
+@pytest.mark.parametrize("sr,n_fft,hop,n_mels,fmin,fmax,dtype", [p + (np.float32,) for p in ZOO_PARAMS]
+                         + [p + (np.float64,) for p in ZOO_PARAMS[2:]], ids=lambda v: str(v))
+def test_log_mel_matches_librosa_on_hard_signals(sr, n_fft, hop, n_mels, fmin, fmax, dtype):
+    kw = dict(n_fft=n_fft, hop_length=hop, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    for name, y in _zoo(sr).items():
+        y = y.astype(dtype)
+        ref = _reference(y, sr, **kw)
+        got = features.log_mel(y, sr, **kw)
+        assert got.dtype == np.float32 and got.shape == ref.shape == (n_mels, features.n_frames(len(y), n_fft, hop)), name
+        assert np.abs(got - ref).max() <= 1e-3, name
+        frames = features.log_mel_frames(y, sr, **kw)
+        assert frames.flags.c_contiguous and np.array_equal(frames, got.T), name
+    silent = features.log_mel(np.zeros(3000, dtype), sr, **kw)
+    np.testing.assert_allclose(silent, -100.0, atol=1e-4)  # the amin floor
+
+
+@pytest.mark.parametrize("sr,n_fft,hop,n_mels,fmin,fmax", ZOO_PARAMS[:2], ids=lambda v: str(v))
+def test_torch_path_matches_librosa(sr, n_fft, hop, n_mels, fmin, fmax):
+    """The CUDA path (plain torch ops) is checked here on the CPU."""
+    kw = dict(n_fft=n_fft, hop_length=hop, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    bank = features.mel_bank(sr, n_fft, n_mels, fmin, fmax)
+    for name, y in _zoo(sr, seed=1).items():
+        y = y.astype(np.float32)
+        got = features._mel_frames_torch(y, bank, n_fft, hop, "cpu").T
+        assert np.abs(got - _reference(y, sr, **kw)).max() <= 1e-3, name
+
+
+def test_log_mel_with_empty_mel_bands_matches_librosa():
+    """More mel bands than the FFT bins can fill: librosa leaves a band empty (-100 dB); so do we."""
+    kw = dict(n_fft=256, hop_length=128, n_mels=96, fmin=0.0, fmax=8000.0)
+    y = _signal(16000, 0.7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # librosa may warn about the empty filters
+        ref = _reference(y, 16000, **kw)
+        got = features.log_mel(y, 16000, **kw)
+    assert np.isclose(ref, -100.0, atol=1e-4).all(axis=1).any()
+    assert np.abs(got - ref).max() <= 1e-3
+
+
+@pytest.mark.parametrize("y,match", [
+    (np.zeros((2, 100), np.float32), "mono"),
+    (np.zeros(100, np.int16), "floating-point"),
+    (np.zeros(0, np.float32), "empty"),
+    (np.array([0.0, np.nan, 0.0], np.float32), "NaN"),
+])
+def test_log_mel_rejects_bad_signals(y, match):
+    with pytest.raises(ValueError, match=match):
+        features.log_mel(y, 22050, n_fft=1024, hop_length=512, n_mels=64, fmin=0.0, fmax=11025.0)
 
 
 def test_log_mel_is_db_of_power():

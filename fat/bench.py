@@ -1,0 +1,271 @@
+"""`fat bench`: speed and memory figures on inputs it generates itself (deterministic).
+
+- log-mel: audio-seconds per second of `fat.features.log_mel` and of librosa on the same clips
+  (FAT2019-like synthetic sounds at 44.1 kHz, n_fft 2048, hop 512, 128 mels), both single-threaded
+  (torch and BLAS limited to one thread), timed interleaved clip by clip so that load from other
+  processes hits both alike; their ratio; the largest dB difference; our throughput on all cores.
+- training: samples per second of the training loop (`fat.train.TrainLoop`, the params' model and
+  `train` settings) on a generated memory-mapped store, and the share of the epoch spent waiting
+  for data, measured after a warm-up epoch.
+- memory: peak resident memory (ru_maxrss) of a separate process that opens a generated store of
+  `--store-frames` frames x 128 mels (float16 by `features.dtype`) memory-mapped and runs training
+  steps on crops spread over all of it. FAT2019's noisy set is about 18 million frames
+  (`--store-frames 18000000`, a 4.6 GB file; the store is deleted afterwards).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from fat.log import progress
+
+# torch, librosa and the training code load only when the command runs, not for `fat --help`
+
+LOG_MEL = dict(sr=44100, n_fft=2048, hop_length=512, n_mels=128, fmin=0.0, fmax=22050.0)
+N_CLASSES = 80  # FAT2019's vocabulary size, for the targets of the training figures
+
+
+def bench_clips(audio_seconds: float, seed: int = 2019) -> list[np.ndarray]:
+    """Synthetic FAT2019-like clips at 44.1 kHz until `audio_seconds` are reached: two noisy-like
+    clips (1-15 s, mostly 15 s, background noise) for every curated-like one (0.3-30 s)."""
+    from fat import synth
+
+    noisy = synth.SplitSpec("noisy", 0, (1.0, 15.0), 0.6, (0.75, 0.2, 0.05), 0.0, (0.0, 15.0), 0.0)
+    curated = synth.SplitSpec("curated", 0, (0.3, 30.0), 0.0, (0.75, 0.2, 0.05), 0.0, None, 0.0)
+    clips, total, i = [], 0.0, 0
+    while total < audio_seconds:
+        spec = curated if i % 3 == 2 else noisy
+        y = synth.make_clip(spec, i, seed, 20, LOG_MEL["sr"])[0]
+        clips.append(y)
+        total += len(y) / LOG_MEL["sr"]
+        i += 1
+    return clips
+
+
+def bench_log_mel(audio_seconds: float = 300.0, rounds: int = 3) -> dict:
+    """Single-threaded throughput of ours vs librosa on the same clips, interleaved, best round each."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from fat import features
+
+    clips = bench_clips(audio_seconds)
+    seconds = sum(len(y) for y in clips) / LOG_MEL["sr"]
+    kw = {k: v for k, v in LOG_MEL.items() if k != "sr"}
+    sr = LOG_MEL["sr"]
+    threads = torch.get_num_threads()
+    best = {"ours": np.inf, "librosa": np.inf}
+    max_diff = 0.0
+    try:
+        torch.set_num_threads(1)
+        with threadpool_limits(1):
+            features.log_mel(clips[0], sr, **kw)  # compile / warm up both
+            features.librosa_log_mel(clips[0], sr, **kw)
+            for r in progress(range(rounds), desc="bench log-mel"):
+                spent = {"ours": 0.0, "librosa": 0.0}
+                for i, y in enumerate(clips):
+                    order = ("ours", "librosa") if (r + i) % 2 == 0 else ("librosa", "ours")
+                    out = {}
+                    for name in order:
+                        fn = features.log_mel if name == "ours" else features.librosa_log_mel
+                        t = time.perf_counter()
+                        out[name] = fn(y, sr, **kw)
+                        spent[name] += time.perf_counter() - t
+                    if r == 0:
+                        max_diff = max(max_diff, float(np.abs(out["ours"] - out["librosa"]).max()))
+                for name in best:
+                    best[name] = min(best[name], spent[name])
+        workers = os.cpu_count() or 1
+        parallel = np.inf
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in range(rounds):
+                t = time.perf_counter()
+                list(pool.map(lambda y: features.log_mel_frames(y, sr, **kw), clips))
+                parallel = min(parallel, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        **LOG_MEL, "clips": len(clips), "audio_seconds": round(seconds, 1), "rounds": rounds,
+        "librosa_audio_s_per_s": round(seconds / best["librosa"], 1),
+        "ours_audio_s_per_s": round(seconds / best["ours"], 1),
+        "speedup_single_thread": round(best["librosa"] / best["ours"], 2),
+        "max_abs_db_diff": max_diff,
+        "ours_all_cores_audio_s_per_s": round(seconds / parallel, 1), "all_cores_threads": workers,
+    }
+
+
+def write_store(root: Path, n_frames: int, n_mels: int = 128, dtype: str = "float16", seed: int = 0,
+                mean_clip_frames: int = 900) -> dict:
+    """A deterministic store of `n_frames` frames in the on-disk format of fat/features.py, written
+    sequentially (the writer never holds it in memory). Clip lengths 86-1714 frames (1-20 s at
+    44.1 kHz, hop 512), about `mean_clip_frames` on average like FAT2019's noisy set."""
+    import pandas as pd
+
+    from fat import features
+
+    need = n_frames * n_mels * np.dtype(dtype).itemsize
+    root.mkdir(parents=True)
+    free = shutil.disk_usage(root).free
+    if need > 0.95 * free:
+        raise ValueError(f"{root}: a store of {n_frames} frames needs {need / 1e9:.1f} GB, only {free / 1e9:.1f} GB free")
+    rng = np.random.default_rng(seed)
+    lengths, total = [], 0
+    while total < n_frames:
+        lengths.append(min(int(rng.integers(86, 2 * mean_clip_frames - 85)), n_frames - total))
+        total += lengths[-1]
+    block = (rng.normal(-40.0, 15.0, size=(1 << 16, n_mels))).astype(dtype)
+    with open(root / "mels.npy", "wb") as f:
+        f.write(features.npy_header((n_frames, n_mels), dtype))
+        done = 0
+        for _ in progress(range(-(-n_frames // len(block))), desc="bench store"):
+            k = min(len(block), n_frames - done)
+            f.write(np.roll(block, done // len(block), axis=1)[:k].tobytes())
+            done += k
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    pd.DataFrame({"fname": [f"{i:08d}.wav" for i in range(len(lengths))], "offset": offsets, "length": lengths,
+                  "duration": np.round(np.asarray(lengths) * 512 / 44100, 4)}).to_csv(root / "index.csv", index=False)
+    meta = {**LOG_MEL, "n_mels": n_mels, "dtype": np.dtype(dtype).name, "clips": len(lengths), "frames": n_frames}
+    (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _training_setup(store_dir, p: dict, steps: int, epochs: int, seed: int = 0):
+    from fat import features, models, train
+
+    store = features.FeatureStore.open(store_dir)
+    bs = int(p["train"]["batch_size"])
+    rows = np.linspace(0, len(store) - 1, steps * bs).round().astype(np.int64)  # spread over the whole store
+    targets = (np.random.default_rng(seed).random((len(rows), N_CLASSES)) < 1.5 / N_CLASSES).astype(np.float32)
+    data = train.CropDataset(store, rows, targets, int(p["train"]["crop_frames"]), seed)
+    device = train.pick_device()
+    train.seed_everything(seed)
+    model = models.build(p["model"], N_CLASSES, store.n_mels).to(device)
+    loop = train.TrainLoop(model, data, train_cfg={**p["train"], "epochs": epochs}, mixup_alpha=float(p["mixup"]["alpha"]),
+                           augment_cfg=p["augment"], seed=seed, device=device)
+    return loop, device
+
+
+def bench_training(store_dir, p: dict, steps: int = 30) -> dict:
+    """Samples/s and data-loading share of the second of two epochs of `steps` steps."""
+    import torch
+
+    loop, device = _training_setup(store_dir, p, steps, epochs=2)
+    loop.run_epoch(0)  # warm-up: allocator, oneDNN primitives, worker start
+    wait0, total0 = loop.wait_s, loop.total_s
+    rec = loop.run_epoch(1)
+    wait, total = loop.wait_s - wait0, loop.total_s - total0
+    return {"device": device.type, "torch_threads": torch.get_num_threads(), "steps": steps,
+            "batch_size": loop.batch_size, "crop_frames": int(p["train"]["crop_frames"]),
+            "num_workers": int(p["train"].get("num_workers", 0)), "mixup_alpha": loop.mixup_alpha,
+            "samples_per_s": rec["samples_per_s"], "step_ms": round(1000 * total / steps, 1),
+            "data_loading_share": round(wait / total, 4)}
+
+
+def _memory_child(args: dict) -> None:
+    """Runs in a fresh interpreter: open the store, train `steps` steps, print peak RSS as JSON."""
+    from fat import params as fat_params
+
+    p = fat_params.load(args["params"])
+    loop, _ = _training_setup(args["store"], p, int(args["steps"]), epochs=1)
+    loop.run_epoch(0)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    print(json.dumps({"peak_rss_gb": round(peak_kb / 1e6, 3)}))
+
+
+def bench_memory(store_dir, params_path, store_meta: dict, steps: int = 20) -> dict:
+    code = "import json, sys; from fat import bench; bench._memory_child(json.loads(sys.argv[1]))"
+    args = json.dumps({"store": str(store_dir), "params": str(params_path), "steps": steps})
+    run = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"memory benchmark process failed:\n{run.stderr[-3000:]}")
+    child = json.loads(run.stdout.strip().splitlines()[-1])
+    size = (Path(store_dir) / "mels.npy").stat().st_size
+    return {"store_frames": store_meta["frames"], "store_clips": store_meta["clips"], "n_mels": store_meta["n_mels"],
+            "dtype": store_meta["dtype"], "store_gb": round(size / 1e9, 3), "steps": steps, **child}
+
+
+def run(args) -> dict:
+    import torch
+
+    from fat import params as fat_params
+
+    p = fat_params.load(args.params)
+    dtype = p["features"].get("dtype", "float16")
+    out: dict = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                             "cuda": torch.cuda.is_available(), "torch": torch.__version__,
+                             "python": platform.python_version()}}
+    out["log_mel"] = bench_log_mel(args.audio_seconds, args.rounds)
+    work = Path(tempfile.mkdtemp(prefix="fat-bench-", dir=args.workdir))
+    try:
+        small = write_store(work / "small", args.train_frames, 128, dtype)
+        out["training"] = bench_training(work / "small", p, args.train_steps)
+        meta = write_store(work / "large", args.store_frames, 128, dtype, seed=1)
+        out["memory"] = bench_memory(work / "large", args.params, meta, args.memory_steps)
+        out["training"]["store_frames"] = small["frames"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def summary(res: dict) -> str:
+    lm, tr, mem = res["log_mel"], res["training"], res["memory"]
+    return "\n".join([
+        f"log-mel ({lm['sr']} Hz, n_fft {lm['n_fft']}, hop {lm['hop_length']}, {lm['n_mels']} mels; "
+        f"{lm['clips']} clips, {lm['audio_seconds']} s of audio), audio-seconds per second:",
+        f"  librosa, 1 thread   {lm['librosa_audio_s_per_s']:>9.0f}",
+        f"  fat, 1 thread       {lm['ours_audio_s_per_s']:>9.0f}   ({lm['speedup_single_thread']:.2f}x librosa, "
+        f"max difference {lm['max_abs_db_diff']:.1e} dB)",
+        f"  fat, {lm['all_cores_threads']} threads      {lm['ours_all_cores_audio_s_per_s']:>9.0f}",
+        f"training ({tr['device']}, {tr['torch_threads']} torch threads, batch {tr['batch_size']} x {tr['crop_frames']} "
+        f"frames, {tr['num_workers']} loader workers): {tr['samples_per_s']:.0f} samples/s, "
+        f"{tr['step_ms']} ms/step, data loading {100 * tr['data_loading_share']:.1f}% of step time",
+        f"memory: {mem['steps']} training steps on a memory-mapped store of {mem['store_frames']:,} frames x "
+        f"{mem['n_mels']} mels ({mem['dtype']}, {mem['store_gb']:.2f} GB): peak RSS {mem['peak_rss_gb']:.2f} GB",
+    ])
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="speed and memory figures: log-mel vs librosa, training throughput, "
+                                     "peak memory on a large memory-mapped store",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    p.add_argument("--params", default="params.yaml", help="params file (model, train, mixup, augment, "
+                                                           "features.dtype; default: %(default)s)")
+    p.add_argument("--audio-seconds", type=float, default=300.0, help="audio for the log-mel figures (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds, best one kept (default: %(default)s)")
+    p.add_argument("--train-steps", type=int, default=30, help="steps per training epoch timed, >= 10 (default: %(default)s)")
+    p.add_argument("--train-frames", type=int, default=200_000, help="frames of the training store (default: %(default)s)")
+    p.add_argument("--store-frames", type=int, default=2_000_000,
+                   help="frames of the memory benchmark's store; FAT2019's noisy set is ~18000000 (default: %(default)s)")
+    p.add_argument("--memory-steps", type=int, default=20, help="training steps in the memory process, >= 10 (default: %(default)s)")
+    p.add_argument("--workdir", default=None, help="where the generated stores go (default: the system temp dir)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    for name in ("audio_seconds", "rounds", "train_frames", "store_frames"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("train_steps", "memory_steps"):  # the one-cycle schedule needs a few steps per phase
+        if getattr(args, name) < 10:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 10")
+    from fat.io import write_json
+
+    res = run(args)
+    print(summary(res))
+    print(json.dumps(res, indent=2))
+    if args.json:
+        write_json(args.json, res)
+    return 0
