@@ -147,13 +147,13 @@ class TrainLoop:
     `total_s` (the epoch's wall time), so `wait_s / total_s` is data loading's share."""
 
     def __init__(self, model, data, *, train_cfg: dict, mixup_alpha: float, augment_cfg: dict, seed: int, device):
+        if len(data) == 0:
+            raise ValueError("no training data: the dataset is empty")
         self.model, self.data, self.device = model, data, torch.device(device)
         self.epochs = int(train_cfg["epochs"])
         self.batch_size = min(int(train_cfg["batch_size"]), len(data))
         self.loader = make_loader(data, self.batch_size, seed=seed, device=self.device,
                                   num_workers=int(train_cfg.get("num_workers", 0)))
-        if len(self.loader) == 0:
-            raise ValueError("no training data")
         self.opt = torch.optim.Adam(model.parameters(), lr=float(train_cfg["lr"]),
                                     weight_decay=float(train_cfg.get("weight_decay", 0.0)))
         self.sched = torch.optim.lr_scheduler.OneCycleLR(
