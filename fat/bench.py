@@ -116,10 +116,11 @@ def write_store(root: Path, n_frames: int, n_mels: int = 128, dtype: str = "floa
     from fat import features
 
     need = n_frames * n_mels * np.dtype(dtype).itemsize
-    root.mkdir(parents=True)
-    free = shutil.disk_usage(root).free
+    root.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root.parent).free
     if need > 0.95 * free:
-        raise ValueError(f"{root}: a store of {n_frames} frames needs {need / 1e9:.1f} GB, only {free / 1e9:.1f} GB free")
+        raise ValueError(f"{root.parent}: a store of {n_frames} frames needs {need / 1e9:.1f} GB, only {free / 1e9:.1f} GB free")
+    root.mkdir()
     rng = np.random.default_rng(seed)
     lengths, total = [], 0
     while total < n_frames:
@@ -181,7 +182,14 @@ def _memory_child(args: dict) -> None:
     loop, _ = _training_setup(args["store"], p, int(args["steps"]), epochs=1)
     loop.run_epoch(0)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    print(json.dumps({"peak_rss_gb": round(peak_kb / 1e6, 3)}))
+    out = {"peak_rss_gb": round(peak_kb / 1e6, 3)}
+    status = Path("/proc/self/status")  # Linux: how much of the resident memory is the memory map's file pages
+    if status.exists():
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        for key, name in (("RssAnon", "rss_anon_gb"), ("RssFile", "rss_file_gb")):
+            if key in fields:
+                out[name] = round(int(fields[key].split()[0]) / 1e6, 3)
+    print(json.dumps(out))
 
 
 def bench_memory(store_dir, params_path, store_meta: dict, steps: int = 20) -> dict:

@@ -118,7 +118,11 @@ def _kernel():
     imported only here, so modules that merely read stores do not pay for it."""
     import numba
 
-    return numba.njit(cache=True, nogil=True, boundscheck=False, fastmath=_FASTMATH)(_hann_mel_power)
+    options = dict(nogil=True, boundscheck=False, fastmath=_FASTMATH)
+    try:
+        return numba.njit(cache=True, **options)(_hann_mel_power)
+    except RuntimeError:  # no writable cache location (read-only install, no home): compile per process
+        return numba.njit(**options)(_hann_mel_power)
 
 
 class _Workspace(threading.local):

@@ -8,7 +8,17 @@ Ties are ranked pessimistically (as sklearn's label_ranking_average_precision_sc
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
+
+
+def _count_at_or_above(scores: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """For every entry, how many entries of its row are >= it (its rank with ties counted
+    pessimistically, as scipy.stats.rankdata(-scores, method="max", axis=1) gives; done in numpy,
+    so that importing this module does not load scipy.stats, ~0.5 s in every stage)."""
+    out = np.empty(scores.shape, dtype=np.int64)
+    for i in range(0, len(scores), chunk):
+        s = scores[i : i + chunk]
+        out[i : i + chunk] = (s[:, None, :] >= s[:, :, None]).sum(axis=2)
+    return out
 
 
 def _check(truth, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -30,9 +40,9 @@ def _check(truth, scores) -> tuple[np.ndarray, np.ndarray]:
 def pair_precisions(truth, scores) -> np.ndarray:
     """n x C matrix: precision at rank for every true (clip, class) pair, 0 elsewhere."""
     truth, scores = _check(truth, scores)
-    rank_all = rankdata(-scores, method="max", axis=1)  # classes scored >= this one
+    rank_all = _count_at_or_above(scores)  # classes scored >= this one
     true_only = np.where(truth, scores, -np.inf)
-    rank_true = rankdata(-true_only, method="max", axis=1)  # true classes scored >= this one
+    rank_true = _count_at_or_above(true_only)  # true classes scored >= this one
     return np.where(truth, rank_true / rank_all, 0.0)
 
 

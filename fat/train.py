@@ -161,6 +161,8 @@ class TrainLoop:
 
     def __init__(self, model, data, *, train_cfg: dict, mixup_alpha: float, augment_cfg: dict, seed: int, device,
                  rank: int = 0, world: int = 1):
+        if len(data) == 0:
+            raise ValueError("no training data: the dataset is empty")
         self.model, self.data, self.device = model, data, torch.device(device)
         self.rank, self.world = int(rank), int(world)
         self.epochs = int(train_cfg["epochs"])

@@ -124,6 +124,54 @@ def test_crop_dataset_rejects_mismatched_targets(problem):
         train.CropDataset(store, np.arange(5), targets[:4], LENGTH, seed=0)
 
 
+def test_crop_batch_equals_items_and_dispatches_over_concatenations(problem):
+    store, targets = problem
+    a = train.CropDataset(store, np.arange(0, 30), targets[:30], LENGTH, seed=7)
+    b = train.CropDataset(store, np.arange(30, 54), targets[30:], LENGTH, seed=8)
+    items = np.array([3, 29, 0, 3, 17])
+    for epoch in (0, 2):
+        a.epoch = epoch
+        x, y = train.crop_batch(a, epoch, items)
+        assert x.shape == (len(items), N_MELS, LENGTH) and x.dtype == torch.float32
+        for j, i in enumerate(items):
+            assert torch.equal(x[j], a[i][0]) and torch.equal(y[j], a[i][1])
+    both = torch.utils.data.ConcatDataset([a, b])
+    mixed = np.array([31, 2, 53, 30, 0])  # parts interleaved: order must be kept
+    x, y = train.crop_batch(both, 1, mixed)
+    a.epoch = b.epoch = 1
+    for j, i in enumerate(mixed):
+        ref = a[i] if i < 30 else b[i - 30]
+        assert torch.equal(x[j], ref[0]) and torch.equal(y[j], ref[1])
+
+
+def test_epoch_batch_sampler_is_a_seeded_shuffle_per_epoch():
+    s = train.EpochBatchSampler(10, 3, seed=1)
+    assert len(s) == 3
+    first = list(s)
+    assert [e for e, _ in first] == [0, 0, 0]
+    seen = np.concatenate([b for _, b in first])
+    assert len(seen) == 9 and len(set(seen.tolist())) == 9 and set(seen) <= set(range(10))  # last partial batch dropped
+    assert all(np.array_equal(b1, b2) for (_, b1), (_, b2) in zip(first, train.EpochBatchSampler(10, 3, seed=1)))
+    s.epoch = 1
+    second = list(s)
+    assert [e for e, _ in second] == [1, 1, 1]
+    assert not np.array_equal(np.concatenate([b for _, b in second]), seen)
+    other = train.EpochBatchSampler(10, 3, seed=2)
+    assert not np.array_equal(np.concatenate([b for _, b in other]), seen)
+
+
+def test_store_pickles_by_path_not_by_content(problem):
+    """DataLoader workers started by spawn receive the dataset pickled: the store must reopen its
+    memory map there, not ship the whole array."""
+    import pickle
+
+    store, _ = problem
+    blob = pickle.dumps(store)
+    assert len(blob) < 2000 < store.mels.nbytes
+    again = pickle.loads(blob)
+    assert isinstance(again.mels, np.memmap) and np.array_equal(again.clip(5), store.clip(5))
+
+
 # --------------------------------------------------------------------------- evaluate
 
 
