@@ -4,8 +4,8 @@
   (FAT2019-like synthetic sounds at 44.1 kHz, n_fft 2048, hop 512, 128 mels), both single-threaded
   (torch and BLAS limited to one thread), timed interleaved clip by clip so that load from other
   processes hits both alike; their ratio; the largest dB difference; our throughput on all cores.
-- training: samples per second of the training loop (`fat.train.TrainLoop`, the params' model and
-  `train` settings) on a generated memory-mapped store, and the share of the epoch spent waiting
+- training: samples per second of the training loop (`fat.train.TrainLoop`, the params' model,
+  `train` settings and `features.n_mels`) on a generated memory-mapped store, and the share of the epoch spent waiting
   for data: the fastest of `--rounds` epochs after a warm-up epoch.
 - memory: peak resident memory (ru_maxrss) of a separate process that opens a generated store of
   `--store-frames` frames x 128 mels (float16 by `features.dtype`) memory-mapped and runs training
@@ -222,11 +222,11 @@ def run(args) -> dict:
     out["log_mel"] = bench_log_mel(args.audio_seconds, args.rounds)
     work = Path(tempfile.mkdtemp(prefix="fat-bench-", dir=args.workdir))
     try:
-        small = write_store(work / "small", args.train_frames, 128, dtype)
+        small = write_store(work / "small", args.train_frames, int(p["features"]["n_mels"]), dtype)
         out["training"] = bench_training(work / "small", p, args.train_steps, args.rounds)
         meta = write_store(work / "large", args.store_frames, 128, dtype, seed=1)
         out["memory"] = bench_memory(work / "large", args.params, meta, args.memory_steps)
-        out["training"]["store_frames"] = small["frames"]
+        out["training"].update(store_frames=small["frames"], n_mels=small["n_mels"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -241,8 +241,8 @@ def summary(res: dict) -> str:
         f"  fat, 1 thread       {lm['ours_audio_s_per_s']:>9.0f}   ({lm['speedup_single_thread']:.2f}x librosa, "
         f"max difference {lm['max_abs_db_diff']:.1e} dB)",
         f"  fat, {lm['all_cores_threads']} threads      {lm['ours_all_cores_audio_s_per_s']:>9.0f}",
-        f"training ({tr['device']}, {tr['torch_threads']} torch threads, batch {tr['batch_size']} x {tr['crop_frames']} "
-        f"frames, {tr['num_workers']} loader workers): {tr['samples_per_s']:.0f} samples/s, "
+        f"training ({tr['device']}, {tr['torch_threads']} torch threads, batch {tr['batch_size']} x {tr['n_mels']} mels x "
+        f"{tr['crop_frames']} frames, {tr['num_workers']} loader workers): {tr['samples_per_s']:.0f} samples/s, "
         f"{tr['step_ms']} ms/step, data loading {100 * tr['data_loading_share']:.1f}% of step time",
         f"memory: {mem['steps']} training steps on a memory-mapped store of {mem['store_frames']:,} frames x "
         f"{mem['n_mels']} mels ({mem['dtype']}, {mem['store_gb']:.2f} GB): peak RSS {mem['peak_rss_gb']:.2f} GB",

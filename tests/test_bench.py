@@ -39,7 +39,7 @@ def test_bench_writes_sane_figures(tmp_path, capsys):
 
     tr = res["training"]
     assert tr["steps"] == 10 and tr["batch_size"] == 16 and tr["crop_frames"] == 32 and tr["device"] in ("cpu", "cuda")
-    assert tr["samples_per_s"] > 0 and tr["step_ms"] > 0
+    assert tr["samples_per_s"] > 0 and tr["step_ms"] > 0 and tr["n_mels"] == 32  # the tiny profile's
     assert 0 <= tr["data_loading_share"] < 1
 
     mem = res["memory"]
