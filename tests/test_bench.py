@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from fat import bench, cli
+from fat import bench, cli, params
 from fat.features import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +19,9 @@ def test_bench_writes_sane_figures(tmp_path, capsys):
     out = tmp_path / "bench.json"
     work = tmp_path / "work"
     work.mkdir()
-    argv = ["bench", "--json", str(out), "--params", str(ROOT / "params.yaml"), "--audio-seconds", "2",
+    tiny = tmp_path / "params.yaml"  # the tiny profile's model and training settings: quick steps
+    tiny.write_text(yaml.safe_dump(params.merge(params.load(ROOT / "params.yaml"), params.load_preset("tiny"))))
+    argv = ["bench", "--json", str(out), "--params", str(tiny), "--audio-seconds", "2",
             "--rounds", "1", "--train-steps", "10", "--train-frames", "4000", "--store-frames", "30000",
             "--memory-steps", "10", "--workdir", str(work)]
     assert cli.main(argv) == 0
@@ -35,8 +38,8 @@ def test_bench_writes_sane_figures(tmp_path, capsys):
     assert 0 <= lm["max_abs_db_diff"] <= 1e-3
 
     tr = res["training"]
-    assert tr["steps"] == 10 and tr["batch_size"] == 32 and tr["device"] in ("cpu", "cuda")
-    assert tr["samples_per_s"] > 0 and tr["step_ms"] > 0
+    assert tr["steps"] == 10 and tr["batch_size"] == 16 and tr["crop_frames"] == 32 and tr["device"] in ("cpu", "cuda")
+    assert tr["samples_per_s"] > 0 and tr["step_ms"] > 0 and tr["n_mels"] == 32  # the tiny profile's
     assert 0 <= tr["data_loading_share"] < 1
 
     mem = res["memory"]

@@ -160,6 +160,13 @@ def test_epoch_batch_sampler_is_a_seeded_shuffle_per_epoch():
     assert not np.array_equal(np.concatenate([b for _, b in other]), seen)
 
 
+def test_fit_rejects_an_empty_dataset(problem):
+    store, targets = problem
+    empty = train.CropDataset(store, np.arange(0), targets[:0], LENGTH, seed=0)
+    with pytest.raises(ValueError, match="no training data"):
+        train.fit(new_model(), empty, train_cfg=TRAIN_CFG, mixup_alpha=0.0, augment_cfg=AUGMENT, seed=0, device=CPU)
+
+
 def test_store_pickles_by_path_not_by_content(problem):
     """DataLoader workers started by spawn receive the dataset pickled: the store must reopen its
     memory map there, not ship the whole array."""
