@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from fat.log import progress
 
@@ -209,6 +210,59 @@ def bench_memory(store_dir, params_path, store_meta: dict, steps: int = 20) -> d
             "dtype": store_meta["dtype"], "store_gb": round(size / 1e9, 3), "steps": steps, **child}
 
 
+def write_dataset(root: Path, n_files: int, seed: int = 0) -> dict:
+    """A Kaggle-layout directory of `n_files` short (0.3-1 s) 16-bit 44.1 kHz wavs, split like
+    FAT2019 (17 % curated, 68 % noisy, 15 % test), 80 classes, for the validation figures."""
+    import soundfile as sf
+
+    from fat import data, sources
+
+    rng = np.random.default_rng(seed)
+    classes = [f"class_{i:02d}" for i in range(80)]
+    sizes = {"curated": int(0.17 * n_files), "test": int(0.15 * n_files)}
+    sizes["noisy"] = n_files - sizes["curated"] - sizes["test"]
+    for split, (csv, folder) in data.SPLITS.items():
+        (root / folder).mkdir(parents=True)
+        rows = []
+        for i in range(sizes[split]):
+            fname = f"{split[0]}{i:06d}.wav"
+            y = (0.1 * rng.standard_normal(int(44100 * rng.uniform(0.3, 1.0)))).astype(np.float32)
+            sf.write(str(root / folder / fname), y, 44100, subtype="PCM_16")
+            rows.append((fname, ",".join(rng.choice(classes, size=int(rng.integers(1, 3)), replace=False))))
+        pd.DataFrame(rows, columns=["fname", "labels"]).to_csv(root / csv, index=False)
+    test = pd.read_csv(root / data.SPLITS["test"][0])["fname"]
+    sources.sample_submission(classes, test).to_csv(root / data.SAMPLE_SUBMISSION, index=False)
+    return {"files": n_files, **{f"{k}_files": v for k, v in sizes.items()}}
+
+
+def _validate_child(args: dict) -> None:
+    """Runs in a fresh interpreter: validate the directory, print time, problems and peak RSS."""
+    from fat import validate
+
+    t0 = time.perf_counter()
+    report = validate.validate(args["root"], n_jobs=int(args["jobs"]))
+    seconds = time.perf_counter() - t0
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+    print(json.dumps({"seconds": round(seconds, 2), "problems": len(report.problems()),
+                      "peak_rss_gb": round(own, 3), "peak_rss_worker_gb": round(workers, 3)}))
+
+
+def bench_validate(root: Path, n_files: int, jobs: int = 0) -> dict:
+    """Wall time and peak memory of `fat validate` (tables + every wav) on a generated directory."""
+    meta = write_dataset(root, n_files)
+    code = "import json, sys; from fat import bench; bench._validate_child(json.loads(sys.argv[1]))"
+    run = subprocess.run([sys.executable, "-c", code, json.dumps({"root": str(root), "jobs": jobs})],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"validation benchmark process failed:\n{run.stderr[-3000:]}")
+    child = json.loads(run.stdout.strip().splitlines()[-1])
+    if child["problems"]:
+        raise RuntimeError(f"the generated directory {root} has {child['problems']} problems")
+    return {**meta, "jobs": jobs or os.cpu_count(), **child,
+            "files_per_s": round(n_files / child["seconds"], 1)}
+
+
 def run(args) -> dict:
     import torch
 
@@ -227,6 +281,8 @@ def run(args) -> dict:
         meta = write_store(work / "large", args.store_frames, 128, dtype, seed=1)
         out["memory"] = bench_memory(work / "large", args.params, meta, args.memory_steps)
         out["training"].update(store_frames=small["frames"], n_mels=small["n_mels"])
+        if args.validate_files:
+            out["validate"] = bench_validate(work / "validate", args.validate_files)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -246,7 +302,9 @@ def summary(res: dict) -> str:
         f"{tr['step_ms']} ms/step, data loading {100 * tr['data_loading_share']:.1f}% of step time",
         f"memory: {mem['steps']} training steps on a memory-mapped store of {mem['store_frames']:,} frames x "
         f"{mem['n_mels']} mels ({mem['dtype']}, {mem['store_gb']:.2f} GB): peak RSS {mem['peak_rss_gb']:.2f} GB",
-    ])
+    ] + ([f"validation (`fat validate`: tables + every wav) of {v['files']:,} generated short wavs: {v['seconds']:.1f} s "
+          f"({v['files_per_s']:.0f} files/s, {v['jobs']} workers), peak RSS {v['peak_rss_gb']:.2f} GB "
+          f"(workers {v['peak_rss_worker_gb']:.2f} GB each at most)"] if (v := res.get("validate")) else []))
 
 
 def add_parser(sub) -> None:
@@ -264,6 +322,9 @@ def add_parser(sub) -> None:
     p.add_argument("--store-frames", type=int, default=2_000_000,
                    help="frames of the memory benchmark's store; FAT2019's noisy set is ~18000000 (default: %(default)s)")
     p.add_argument("--memory-steps", type=int, default=20, help="training steps in the memory process, >= 10 (default: %(default)s)")
+    p.add_argument("--validate-files", type=int, default=0,
+                   help="also time `fat validate` on a generated directory of this many short wavs; "
+                        "FAT2019 has ~29000 (default: 0, skipped)")
     p.add_argument("--workdir", default=None, help="where the generated stores go (default: the system temp dir)")
     p.set_defaults(func=main)
 
@@ -272,6 +333,8 @@ def main(args) -> int:
     for name in ("audio_seconds", "rounds", "train_frames", "store_frames"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.validate_files < 0:
+        raise ValueError("--validate-files must be 0 (skip) or positive")
     for name in ("train_steps", "memory_steps"):  # the one-cycle schedule needs a few steps per phase
         if getattr(args, name) < 10:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 10")

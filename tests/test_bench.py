@@ -23,7 +23,7 @@ def test_bench_writes_sane_figures(tmp_path, capsys):
     tiny.write_text(yaml.safe_dump(params.merge(params.load(ROOT / "params.yaml"), params.load_preset("tiny"))))
     argv = ["bench", "--json", str(out), "--params", str(tiny), "--audio-seconds", "2",
             "--rounds", "1", "--train-steps", "10", "--train-frames", "4000", "--store-frames", "30000",
-            "--memory-steps", "10", "--workdir", str(work)]
+            "--memory-steps", "10", "--validate-files", "40", "--workdir", str(work)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     res = json.loads(out.read_text())
@@ -46,7 +46,12 @@ def test_bench_writes_sane_figures(tmp_path, capsys):
     assert mem["store_frames"] == 30000 and mem["n_mels"] == 128 and mem["dtype"] == "float16"
     assert mem["store_gb"] == pytest.approx(30000 * 128 * 2 / 1e9, abs=1e-3)
     assert 0.05 < mem["peak_rss_gb"] < 8
-    assert list(work.iterdir()) == []  # the generated stores are deleted
+
+    val = res["validate"]
+    assert val["files"] == 40 and val["curated_files"] + val["noisy_files"] + val["test_files"] == 40
+    assert val["problems"] == 0 and val["seconds"] > 0 and val["files_per_s"] > 0
+    assert 0.05 < val["peak_rss_gb"] < 8 and "validation" in printed
+    assert list(work.iterdir()) == []  # the generated stores and wavs are deleted
 
 
 def test_bench_rejects_too_few_steps(capsys):
