@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -50,7 +51,8 @@ class Checkpointer:
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as e:  # a checkpoint is an optimisation: a bad one is reported, then ignored
+        except (pickle.UnpicklingError, EOFError, RuntimeError, OSError) as e:  # reported, then ignored:
+            # a checkpoint only saves time; a truncated or foreign file must not stop the stage
             log.warning("%s: unreadable checkpoint ignored (%s)", self.path, e)
             return None
         if state.get("fingerprint") != self.fingerprint:

@@ -47,10 +47,11 @@ def relaunch(nproc: int, script: str, argv: list[str]) -> None:
     os.execv(sys.executable, cmd)
 
 
-def setup(device: torch.device | None = None) -> Context:
-    """Join the process group torchrun described (or return the single-process context)."""
+def setup(device: torch.device) -> Context:
+    """Join the process group torchrun described (or return the single-process context on
+    `device`); under torchrun with CUDA each process takes the GPU of its local rank."""
     if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        return Context(device=device or _default_device())
+        return Context(device=device)
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
@@ -61,10 +62,6 @@ def setup(device: torch.device | None = None) -> Context:
         td.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
     log.info("rank %d/%d (local %d) on %s with %s", rank, world, local, dev, backend)
     return Context(rank=rank, world=world, local_rank=local, device=dev)
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def active() -> bool:
