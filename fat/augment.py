@@ -38,8 +38,10 @@ def to_device(a: np.ndarray, device: torch.device, dtype: torch.dtype | None = N
 
 def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator):
     """Blend every sample with a random partner: lam ~ Beta(alpha, alpha) per sample, applied to
-    inputs and targets alike. alpha <= 0 returns the batch unchanged."""
-    if alpha <= 0 or len(x) < 2:
+    inputs and targets alike. alpha 0 returns the batch unchanged; a negative one is an error."""
+    if alpha < 0:
+        raise ValueError(f"mixup alpha must be >= 0 (0 disables mixup), got {alpha}")
+    if alpha == 0 or len(x) < 2:
         return x, y
     lam = to_device(rng.beta(alpha, alpha, size=len(x)), x.device, x.dtype)
     perm = to_device(rng.permutation(len(x)), x.device)

@@ -152,6 +152,43 @@ def evaluate(model, store, rows, targets, length, *, device, batch_size=64) -> d
     return {"probs": probs, "loss": loss, "lwlrap": score}
 
 
+def check_settings(train_cfg: dict, mixup_alpha: float, augment_cfg: dict) -> None:
+    """Out-of-range training params (a typo in `dvc exp run -S …`) stop the stage with the key
+    named, instead of training something else than asked (a negative mixup.alpha would silently
+    mean "no mixup")."""
+    def bad(key, value, rule):
+        raise ValueError(f"params.yaml: {key} must be {rule}, got {value!r}")
+
+    def num(key, value):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            bad(key, value, "a number")
+        if not np.isfinite(value):
+            bad(key, value, "finite")
+        return value
+
+    if num("mixup.alpha", mixup_alpha) < 0:
+        bad("mixup.alpha", mixup_alpha, ">= 0 (0 disables mixup)")
+    for key in ("epochs", "batch_size"):
+        value = train_cfg[key]
+        if isinstance(value, bool) or num(f"train.{key}", value) != int(num(f"train.{key}", value)) or int(value) < 1:
+            bad(f"train.{key}", value, "a whole number >= 1")
+    if num("train.lr", train_cfg["lr"]) <= 0:
+        bad("train.lr", train_cfg["lr"], "> 0")
+    if num("train.weight_decay", train_cfg.get("weight_decay", 0.0)) < 0:
+        bad("train.weight_decay", train_cfg.get("weight_decay"), ">= 0")
+    if not 0 < num("train.warmup", train_cfg.get("warmup", 0.2)) < 1:
+        bad("train.warmup", train_cfg.get("warmup"), "between 0 and 1 (exclusive)")
+    for key in ("p", "freq_frac", "time_frac"):
+        if key in augment_cfg and not 0 <= num(f"augment.{key}", augment_cfg[key]) <= 1:
+            bad(f"augment.{key}", augment_cfg[key], "between 0 and 1")
+    for key in ("freq_masks", "time_masks"):
+        if key in augment_cfg and (num(f"augment.{key}", augment_cfg[key]) < 0
+                                   or float(augment_cfg[key]) != int(float(augment_cfg[key]))):
+            bad(f"augment.{key}", augment_cfg[key], "a whole number >= 0")
+
+
 class TrainLoop:
     """The optimisation of one model: loader, Adam + one-cycle schedule, augmentation, AMP on CUDA,
     DistributedDataParallel when `world` > 1 (each rank trains on its share of every batch).
@@ -163,6 +200,7 @@ class TrainLoop:
                  rank: int = 0, world: int = 1):
         if len(data) == 0:
             raise ValueError("no training data: the dataset is empty")
+        check_settings(train_cfg, mixup_alpha, augment_cfg)
         self.model, self.data, self.device = model, data, torch.device(device)
         self.rank, self.world = int(rank), int(world)
         self.epochs = int(train_cfg["epochs"])

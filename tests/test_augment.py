@@ -108,6 +108,12 @@ def test_mixup_alpha_zero_is_identity():
     assert rng.bit_generator.state == state  # no randomness consumed
 
 
+def test_mixup_rejects_a_negative_alpha():
+    x, y = torch.ones(4, 1, 2, 3), torch.ones(4, 5)
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        augment.mixup(x, y, -0.2, np.random.default_rng(0))
+
+
 def test_mixup_single_sample_is_identity():
     x, y = _mix_batch(b=1)
     ox, oy = augment.mixup(x, y, 0.4, np.random.default_rng(0))

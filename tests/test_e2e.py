@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import time
+import warnings
 
 import pandas as pd
 import pytest
@@ -258,33 +259,77 @@ def test_pr_report_between_the_commits_before_and_after_the_mixup_change(alpha_c
     assert "HEAD~1" in page and "workspace" in page and "train_loss" in page
 
 
-def test_queued_sweep_reuses_the_cached_features(alpha_commit, tmp_path):
-    """The README's sweep: queue three mixup values, run them two at a time, compare."""
-    repo = alpha_commit
-    queued = run(["dvc", "exp", "run", "--queue", "-S", "mixup.alpha=0,0.2,0.4"], repo)
+def queue_values(repo: Path, values: list[str]) -> dict[str, str]:
+    """`dvc exp run --queue -S mixup.alpha=…`: {value: queued task name}."""
+    queued = run(["dvc", "exp", "run", "--queue", "-S", f"mixup.alpha={','.join(values)}"], repo)
     names = dict(re.findall(r"mixup\.alpha=([\d.]+)'\]\}'\.\s*Queued experiment '([^']+)'", queued))
-    assert set(names) == {"0", "0.2", "0.4"}, queued
-    log = tmp_path / "queue-start.log"
-    with open(log, "w") as f:  # the workers it starts outlive it: a file, not a pipe, takes their output
+    assert set(names) == set(values), queued
+    return names
+
+
+def start_workers(repo: Path, log: Path) -> None:
+    with open(log, "a") as f:  # the workers it starts outlive it: a file, not a pipe, takes their output
         proc = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env(), stdout=f, stderr=f)
     assert proc.returncode == 0, log.read_text()
+
+
+def wait_for_queue(repo: Path, names: list[str], log: Path, timeout: float = 1500) -> tuple[dict[str, str], str]:
+    """Poll `dvc queue status` until every task in `names` has ended; {name: its status line}.
+    Workers that exit while a task is still queued (treeverse/dvc#10562) are started again, as the
+    README says to."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run(["dvc", "queue", "status"], repo)
+        rows = {n: line for line in status.splitlines() for n in names if f" {n} " in f" {line} "}
+        if len(rows) == len(names) and all(("Success" in r or "Failed" in r) for r in rows.values()):
+            return rows, status
+        if "Worker status: 0 active, 0 idle" in status and any("Queued" in r for r in rows.values()):
+            start_workers(repo, log)
+        assert time.monotonic() < deadline, f"queue did not finish:\n{status}"
+        time.sleep(10)
+
+
+def why_failed(repo: Path, name: str) -> str:
+    """What DVC kept of a failed task: its output log (empty when it failed before any stage ran)
+    and the tail of each worker's log."""
+    proc = subprocess.run(["dvc", "queue", "logs", name], cwd=repo, env=env(), capture_output=True, text=True)
+    workers = sorted((repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.out"))
+    tails = "".join(f"\n--- {w.name}:\n" + "\n".join(w.read_text(errors="replace").splitlines()[-40:]) for w in workers)
+    return f"dvc queue logs {name}:\n{(proc.stdout + proc.stderr)[-3000:]}{tails}"
+
+
+def test_queued_sweep_reuses_the_cached_features(alpha_commit, tmp_path):
+    """The README's sweep: queue three mixup values, run them two at a time, compare. DVC's queue
+    with two workers has known races (treeverse/dvc#10673: a task fails inside DVC; #10562: workers
+    exit with a task still queued); the README's remedy (queue a failed value again) is applied
+    once, with a warning that carries DVC's logs, and a value that fails twice fails the test."""
+    repo = alpha_commit
+    log = tmp_path / "queue-start.log"
+    names = queue_values(repo, ["0", "0.2", "0.4"])
     try:
-        deadline = time.monotonic() + 1500
-        while True:
-            status = run(["dvc", "queue", "status"], repo)
-            rows = {n: line for line in status.splitlines() for n in names.values() if f" {n} " in f" {line} "}
-            if all(("Success" in r or "Failed" in r) for r in rows.values()) and len(rows) == 3:
-                break
-            assert time.monotonic() < deadline, f"queue did not finish:\n{status}"
-            time.sleep(10)
-        assert all("Success" in r for r in rows.values()), status
+        start_workers(repo, log)
+        rows, status = wait_for_queue(repo, list(names.values()), log)
+        failed = [alpha for alpha, n in names.items() if "Failed" in rows[n]]
+        if failed:
+            warnings.warn(f"dvc queue failed mixup.alpha={failed}; queued again. "
+                          + "\n".join(why_failed(repo, names[a]) for a in failed))
+            retried = queue_values(repo, failed)
+            start_workers(repo, log)
+            rows2, status = wait_for_queue(repo, list(retried.values()), log)
+            names.update(retried)
+            rows.update(rows2)
+        bad = [a for a, n in names.items() if "Success" not in rows[n]]
+        assert not bad, f"mixup.alpha={bad} failed:\n{status}\n" + "\n".join(why_failed(repo, names[a]) for a in bad)
     finally:
         subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env(), capture_output=True)
     for alpha, name in names.items():
-        ran = ran_stages(run(["dvc", "queue", "logs", name], repo))
+        log_text = run(["dvc", "queue", "logs", name], repo)
+        ran = ran_stages(log_text)
         assert not ran & UPSTREAM, f"alpha={alpha}: stages upstream of training reran: {ran & UPSTREAM}"
-        if alpha == "0.2":  # the one new value really trained (0 and 0.4 come from the run cache / HEAD)
-            assert {"baseline@0", "pretrain", "ensemble"} <= ran, ran
+        if alpha == "0.2":  # the one new value really trained (0 and 0.4 come from the run cache / HEAD);
+            # a retried task may find what its failed attempt trained in the run cache
+            done = ran | (set(re.findall(r"Stage '([^']+)' is cached", log_text)) if alpha in failed else set())
+            assert {"baseline@0", "pretrain", "ensemble"} <= done, log_text[-3000:]
     table = run(["dvc", "exp", "show", "--md", "--only-changed"], repo)
     assert "mixup.alpha" in table and all(n in table for n in names.values()), table
     assert not any(s.split("@")[0] in table for s in ("features", "prepare"))  # nothing upstream changed

@@ -167,6 +167,34 @@ def test_fit_rejects_an_empty_dataset(problem):
         train.fit(new_model(), empty, train_cfg=TRAIN_CFG, mixup_alpha=0.0, augment_cfg=AUGMENT, seed=0, device=CPU)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"mixup_alpha": -0.4}, r"mixup\.alpha must be >= 0 \(0 disables mixup\), got -0\.4"),
+    ({"mixup_alpha": float("nan")}, r"mixup\.alpha must be finite"),
+    ({"mixup_alpha": "lots"}, r"mixup\.alpha must be a number, got 'lots'"),
+    ({"train": {"epochs": 0}}, r"train\.epochs must be a whole number >= 1, got 0"),
+    ({"train": {"epochs": 2.5}}, r"train\.epochs must be a whole number >= 1, got 2\.5"),
+    ({"train": {"batch_size": True}}, r"train\.batch_size must be a whole number >= 1"),
+    ({"train": {"lr": 0}}, r"train\.lr must be > 0, got 0"),
+    ({"train": {"weight_decay": -1e-4}}, r"train\.weight_decay must be >= 0"),
+    ({"train": {"warmup": 1.0}}, r"train\.warmup must be between 0 and 1 \(exclusive\), got 1\.0"),
+    ({"augment": {"p": 1.5}}, r"augment\.p must be between 0 and 1, got 1\.5"),
+    ({"augment": {"time_frac": -0.1}}, r"augment\.time_frac must be between 0 and 1"),
+    ({"augment": {"freq_masks": -1}}, r"augment\.freq_masks must be a whole number >= 0, got -1"),
+])
+def test_fit_names_an_out_of_range_param_before_training(problem, change, message):
+    """A typo in `dvc exp run -S …` stops the stage naming the key; a negative mixup.alpha used to
+    train without mixup."""
+    store, targets = problem
+    data = train.CropDataset(store, np.arange(len(targets)), targets, LENGTH, seed=0)
+    kw = dict(train_cfg={**TRAIN_CFG, **change.get("train", {})}, augment_cfg={**AUGMENT, **change.get("augment", {})},
+              mixup_alpha=change.get("mixup_alpha", 0.0))
+    model = new_model()
+    before = [t.clone() for t in model.state_dict().values()]
+    with pytest.raises(ValueError, match=message):
+        train.fit(model, data, seed=0, device=CPU, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
+
+
 def test_store_pickles_by_path_not_by_content(problem):
     """DataLoader workers started by spawn receive the dataset pickled: the store must reopen its
     memory map there, not ship the whole array."""
