@@ -278,13 +278,17 @@ def wait_for_queue(repo: Path, names: list[str], log: Path, timeout: float = 150
     Workers that exit while a task is still queued (treeverse/dvc#10562) are started again, as the
     README says to."""
     deadline = time.monotonic() + timeout
+    stalled = 0  # polls in a row with a task queued and no worker (one alone may be workers still starting)
     while True:
         status = run(["dvc", "queue", "status"], repo)
         rows = {n: line for line in status.splitlines() for n in names if f" {n} " in f" {line} "}
         if len(rows) == len(names) and all(("Success" in r or "Failed" in r) for r in rows.values()):
             return rows, status
-        if "Worker status: 0 active, 0 idle" in status and any("Queued" in r for r in rows.values()):
+        stalled = stalled + 1 if ("Worker status: 0 active, 0 idle" in status
+                                  and any("Queued" in r for r in rows.values())) else 0
+        if stalled == 2:
             start_workers(repo, log)
+            stalled = 0
         assert time.monotonic() < deadline, f"queue did not finish:\n{status}"
         time.sleep(10)
 
