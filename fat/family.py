@@ -23,7 +23,7 @@ from fat.features import FeatureStore
 from fat.layout import Layout
 from fat.io import load_predictions, save_predictions, write_csv
 from fat.predict import predict_plain, predict_tta
-from fat.train import CropDataset, evaluate, fit, pick_device, seed_everything
+from fat.train import CropDataset, check_settings, evaluate, fit, pick_device, seed_everything
 
 log = logging.getLogger("fat.family")
 
@@ -56,7 +56,10 @@ def family_train_cfg(params: dict, family: str) -> dict:
                          f"{sorted(params['train'])}{' or set ' + str(sorted(FAMILY_ONLY_KEYS[family])) if family in FAMILY_ONLY_KEYS else ''}")
     if family == "retrain":
         retrain_init(params)
-    return {**params["train"], **{k: v for k, v in own.items() if k in params["train"]}}
+    overrides = {k: v for k, v in own.items() if k in params["train"]}
+    cfg = {**params["train"], **overrides}
+    check_settings(cfg, params["mixup"]["alpha"], params["augment"], sections={k: family for k in overrides})
+    return cfg
 
 
 def curated_split(layout: Layout, fold: int):

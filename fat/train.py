@@ -152,12 +152,16 @@ def evaluate(model, store, rows, targets, length, *, device, batch_size=64) -> d
     return {"probs": probs, "loss": loss, "lwlrap": score}
 
 
-def check_settings(train_cfg: dict, mixup_alpha: float, augment_cfg: dict) -> None:
+def check_settings(train_cfg: dict, mixup_alpha: float, augment_cfg: dict, sections: dict | None = None) -> None:
     """Out-of-range training params (a typo in `dvc exp run -S …`) stop the stage with the key
     named, instead of training something else than asked (a negative mixup.alpha would silently
-    mean "no mixup")."""
+    mean "no mixup"). `sections` names the section a train key came from when a family overrode it."""
+    sections = sections or {}
+
     def bad(key, value, rule):
-        raise ValueError(f"params.yaml: {key} must be {rule}, got {value!r}")
+        section, _, name = key.partition(".")
+        raise ValueError(f"params.yaml: {sections.get(name, section) if section == 'train' else section}.{name} "
+                         f"must be {rule}, got {value!r}")
 
     def num(key, value):
         try:
