@@ -160,8 +160,16 @@ def check_settings(train_cfg: dict, mixup_alpha: float, augment_cfg: dict, secti
 
     def bad(key, value, rule):
         section, _, name = key.partition(".")
-        raise ValueError(f"params.yaml: {sections.get(name, section) if section == 'train' else section}.{name} "
-                         f"must be {rule}, got {value!r}")
+        if section == "train":
+            section = sections.get(name, section)
+        raise ValueError(f"params.yaml: {section}.{name} must be {rule}, got {value!r}")
+
+    def whole(key, value, least):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            bad(key, value, f"a whole number >= {least}")
+        n = num(key, value)
+        if n != int(n) or n < least:
+            bad(key, value, f"a whole number >= {least}")
 
     def num(key, value):
         try:
@@ -175,9 +183,7 @@ def check_settings(train_cfg: dict, mixup_alpha: float, augment_cfg: dict, secti
     if num("mixup.alpha", mixup_alpha) < 0:
         bad("mixup.alpha", mixup_alpha, ">= 0 (0 disables mixup)")
     for key in ("epochs", "batch_size"):
-        value = train_cfg[key]
-        if isinstance(value, bool) or num(f"train.{key}", value) != int(num(f"train.{key}", value)) or int(value) < 1:
-            bad(f"train.{key}", value, "a whole number >= 1")
+        whole(f"train.{key}", train_cfg[key], 1)
     if num("train.lr", train_cfg["lr"]) <= 0:
         bad("train.lr", train_cfg["lr"], "> 0")
     if num("train.weight_decay", train_cfg.get("weight_decay", 0.0)) < 0:
@@ -188,9 +194,8 @@ def check_settings(train_cfg: dict, mixup_alpha: float, augment_cfg: dict, secti
         if key in augment_cfg and not 0 <= num(f"augment.{key}", augment_cfg[key]) <= 1:
             bad(f"augment.{key}", augment_cfg[key], "between 0 and 1")
     for key in ("freq_masks", "time_masks"):
-        if key in augment_cfg and (num(f"augment.{key}", augment_cfg[key]) < 0
-                                   or float(augment_cfg[key]) != int(float(augment_cfg[key]))):
-            bad(f"augment.{key}", augment_cfg[key], "a whole number >= 0")
+        if key in augment_cfg:
+            whole(f"augment.{key}", augment_cfg[key], 0)
 
 
 class TrainLoop:

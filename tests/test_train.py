@@ -174,6 +174,8 @@ def test_fit_rejects_an_empty_dataset(problem):
     ({"train": {"epochs": 0}}, r"train\.epochs must be a whole number >= 1, got 0"),
     ({"train": {"epochs": 2.5}}, r"train\.epochs must be a whole number >= 1, got 2\.5"),
     ({"train": {"batch_size": True}}, r"train\.batch_size must be a whole number >= 1"),
+    ({"train": {"epochs": "2.0"}}, r"train\.epochs must be a whole number >= 1, got '2\.0'"),
+    ({"augment": {"time_masks": 1.5}}, r"augment\.time_masks must be a whole number >= 0, got 1\.5"),
     ({"train": {"lr": 0}}, r"train\.lr must be > 0, got 0"),
     ({"train": {"weight_decay": -1e-4}}, r"train\.weight_decay must be >= 0"),
     ({"train": {"warmup": 1.0}}, r"train\.warmup must be between 0 and 1 \(exclusive\), got 1\.0"),
