@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fat import audio, data
+from fat import audio, data, fft
 from fat.io import atomic_path
 from fat.log import progress
 
@@ -53,7 +53,7 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # lets the band sums vectori
 
 class MelBank(NamedTuple):
     """librosa's mel filterbank (float32, n_mels x bins) and its nonzero runs: band m is
-    `weights[offset[m]:offset[m+1]]` applied to bins `lo[m]:hi[m]`."""
+    `weights[offset[m]:offset[m+1]]` (float64) applied to bins `lo[m]:hi[m]`."""
 
     dense: np.ndarray
     lo: np.ndarray
@@ -75,41 +75,47 @@ def mel_bank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> MelB
             lo[m], hi[m] = nz[0], nz[-1] + 1
     offset = np.concatenate([[0], np.cumsum(hi - lo)]).astype(np.int64)
     weights = np.concatenate([dense[m, lo[m] : hi[m]] for m in range(n_mels)] + [np.zeros(0, np.float32)])
+    weights = weights.astype(np.float64)
     for arr in (dense, lo, hi, offset, weights):
         arr.setflags(write=False)
-    return MelBank(dense, lo, hi, offset, weights.astype(np.float32))
+    return MelBank(dense, lo, hi, offset, weights)
 
 
 def _hann_mel_power(spec, n_valid, n_fft, lo, hi, offset, weights, power, acc, out):
-    """spec (blocks, bins, 16) complex128: rfft of *unwindowed* frames, 16 frames per block.
-    Writes the mel power of the periodic-Hann-windowed frames into out[:n_valid] (frames, n_mels).
-    power (bins, 16) float32 and acc (16,) float32 are scratch."""
-    n_blocks, n_bins, width = spec.shape
-    mirror = n_fft - n_bins  # bin n_bins is the conjugate of this one (real input)
-    for b in range(n_blocks):
-        x = spec[b]
-        for j in range(width):  # bin 0: X[-1] = conj(X[1])
-            z = 0.5 * x[0, j] - 0.25 * (x[1, j] + np.conj(x[1, j]))
-            power[0, j] = z.real * z.real + z.imag * z.imag
-        for k in range(1, n_bins - 1):
-            for j in range(width):
-                z = 0.5 * x[k, j] - 0.25 * (x[k - 1, j] + x[k + 1, j])
-                power[k, j] = z.real * z.real + z.imag * z.imag
-        k = n_bins - 1
+    """spec (frames, 2 * bins) float64: the rfft of up to 16 *unwindowed* frames, each bin a
+    (real, imaginary) pair. Writes the mel power of the periodic-Hann-windowed frames into
+    out[:n_valid] (frames, n_mels).
+
+    The window is the frequency-domain stencil Z[k] = X[k]/2 - (X[k-1] + X[k+1])/4 (exact for the
+    periodic Hann window), evaluated frame by frame along the bins; |Z[k]|^2 goes into
+    power (bins, 16) float64, frames innermost, so that each band's weighted sum over its run of
+    bins runs on 16 frames at once (acc (16,) float64 is scratch)."""
+    n_bins = spec.shape[1] // 2
+    mirror = n_fft - n_bins  # X[n_bins] is the conjugate of X[mirror] (real input)
+    last = n_bins - 1
+    width = power.shape[1]
+    for j in range(n_valid):
+        x = spec[j]
+        re = 0.5 * (x[0] - x[2])  # X[-1] = conj(X[1]): the imaginary parts cancel
+        im = 0.5 * x[1]
+        power[0, j] = re * re + im * im
+        for k in range(1, last):
+            re = 0.5 * x[2 * k] - 0.25 * (x[2 * k - 2] + x[2 * k + 2])
+            im = 0.5 * x[2 * k + 1] - 0.25 * (x[2 * k - 1] + x[2 * k + 3])
+            power[k, j] = re * re + im * im
+        re = 0.5 * x[2 * last] - 0.25 * (x[2 * last - 2] + x[2 * mirror])
+        im = 0.5 * x[2 * last + 1] - 0.25 * (x[2 * last - 1] - x[2 * mirror + 1])
+        power[last, j] = re * re + im * im
+    for m in range(lo.shape[0]):
         for j in range(width):
-            z = 0.5 * x[k, j] - 0.25 * (x[k - 1, j] + np.conj(x[mirror, j]))
-            power[k, j] = z.real * z.real + z.imag * z.imag
-        n = min(width, n_valid - b * width)
-        for m in range(lo.shape[0]):
+            acc[j] = 0.0
+        o = offset[m] - lo[m]
+        for k in range(lo[m], hi[m]):
+            wk = weights[o + k]
             for j in range(width):
-                acc[j] = 0.0
-            o = offset[m] - lo[m]
-            for k in range(lo[m], hi[m]):
-                wk = weights[o + k]
-                for j in range(width):
-                    acc[j] += wk * power[k, j]
-            for j in range(n):
-                out[b * width + j, m] = acc[j]
+                acc[j] += wk * power[k, j]
+        for j in range(n_valid):
+            out[j, m] = acc[j]
 
 
 @functools.cache
@@ -126,8 +132,8 @@ def _kernel():
 
 
 class _Workspace(threading.local):
-    """Per-thread FFT buffers, reused across clips (fresh multi-megabyte buffers per clip cost
-    page faults that show on short clips)."""
+    """Per-thread buffers and FFT plan, reused across clips (fresh multi-megabyte buffers per clip
+    cost page faults that show on short clips)."""
 
     def __init__(self):
         self.key = None
@@ -136,9 +142,10 @@ class _Workspace(threading.local):
         if self.key != (n_fft, hop_length):
             n_bins, frames = n_fft // 2 + 1, _BLOCK * _CHUNK_BLOCKS
             self.signal = np.zeros((frames - 1) * hop_length + n_fft)  # float64 stretch of the padded signal
-            self.spec = torch.empty(_CHUNK_BLOCKS, n_bins, _BLOCK, dtype=torch.complex128)
-            self.power = np.empty((n_bins, _BLOCK), np.float32)
-            self.acc = np.empty(_BLOCK, np.float32)
+            self.spec = np.zeros((_BLOCK, n_bins), np.complex128)
+            self.rfft = fft.FrameRfft(n_fft, hop_length, _BLOCK, self.signal, self.spec)
+            self.power = np.zeros((n_bins, _BLOCK))  # zeros: unused lanes of a partial block stay finite
+            self.acc = np.empty(_BLOCK)
             self.key = (n_fft, hop_length)
         return self
 
@@ -175,12 +182,11 @@ def _to_db(mel):
 def _mel_frames_cpu(y: np.ndarray, bank: MelBank, n_fft: int, hop_length: int) -> np.ndarray:
     pad, n = n_fft // 2, len(y)
     total = n_frames(n, n_fft, hop_length)
-    out = np.empty((total, len(bank.lo)), np.float32)
+    out = np.empty((total, len(bank.dense)), np.float32)
     ws = _workspace.get(n_fft, hop_length)
     sig, span = ws.signal, len(ws.signal)
-    frames = torch.from_numpy(sig).as_strided((_CHUNK_BLOCKS, _BLOCK, n_fft), (_BLOCK * hop_length, hop_length, 1))
-    spec_out = ws.spec.transpose(1, 2)  # (blocks, frames, bins) view of the (blocks, bins, frames) buffer
-    spec = ws.spec.numpy()
+    spec = ws.spec.view(np.float64)  # (frames, 2 * bins): (real, imaginary) pairs
+    kernel = _kernel()
     step = _BLOCK * _CHUNK_BLOCKS
     for start in range(0, total, step):
         nf = min(step, total - start)
@@ -189,10 +195,10 @@ def _mel_frames_cpu(y: np.ndarray, bank: MelBank, n_fft: int, hop_length: int) -
         sig[: a - g0] = 0.0
         sig[a - g0 : b - g0] = y[a:b]
         sig[b - g0 :] = 0.0
-        nb = -(-nf // _BLOCK)
-        torch.fft.rfft(frames[:nb], dim=2, out=spec_out[:nb])
-        _kernel()(spec[:nb], nf, n_fft, bank.lo, bank.hi, bank.offset, bank.weights, ws.power, ws.acc,
-                        out[start : start + nf])
+        for f0 in range(0, nf, _BLOCK):  # FFT a block, then reduce it while it is still in cache
+            ws.rfft(f0 * hop_length)
+            kernel(spec, min(_BLOCK, nf - f0), n_fft, bank.lo, bank.hi, bank.offset, bank.weights, ws.power,
+                   ws.acc, out[start + f0 : start + f0 + _BLOCK])
     return _to_db(out)
 
 
