@@ -52,12 +52,13 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # lets the band sums vectori
 
 
 class MelBank(NamedTuple):
-    """librosa's mel filterbank (float32, n_mels x bins) and its nonzero runs: band m is
-    `weights[offset[m]:offset[m+1]]` (float64) applied to bins `lo[m]:hi[m]`."""
+    """librosa's mel filterbank (float32, n_mels x bins) and its nonzero runs over an interleaved
+    row of squared (real, imaginary) parts: band m sums `row[start[m]:stop[m]]` weighted by
+    `weights[offset[m]:offset[m+1]]` (float64, each bin's weight twice)."""
 
     dense: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
     offset: np.ndarray
     weights: np.ndarray
 
@@ -73,49 +74,49 @@ def mel_bank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> MelB
         nz = np.flatnonzero(row)
         if len(nz):  # an empty band (too many mels for n_fft) stays at the -100 dB floor, as in librosa
             lo[m], hi[m] = nz[0], nz[-1] + 1
-    offset = np.concatenate([[0], np.cumsum(hi - lo)]).astype(np.int64)
+    offset = np.concatenate([[0], np.cumsum(2 * (hi - lo))]).astype(np.int64)
     weights = np.concatenate([dense[m, lo[m] : hi[m]] for m in range(n_mels)] + [np.zeros(0, np.float32)])
-    weights = weights.astype(np.float64)
-    for arr in (dense, lo, hi, offset, weights):
+    weights = np.repeat(weights.astype(np.float64), 2)
+    start, stop = 2 * lo, 2 * hi
+    for arr in (dense, start, stop, offset, weights):
         arr.setflags(write=False)
-    return MelBank(dense, lo, hi, offset, weights)
+    return MelBank(dense, start, stop, offset, weights)
 
 
-def _hann_mel_power(spec, n_valid, n_fft, lo, hi, offset, weights, power, acc, out):
-    """spec (frames, 2 * bins) float64: the rfft of up to 16 *unwindowed* frames, each bin a
-    (real, imaginary) pair. Writes the mel power of the periodic-Hann-windowed frames into
-    out[:n_valid] (frames, n_mels).
+def _hann_mel_power(spec, n_valid, n_fft, start, stop, offset, weights, sq, out):
+    """spec (frames, 2 * bins) float64: the rfft of *unwindowed* frames, each bin a (real,
+    imaginary) pair. Writes the mel power of the periodic-Hann-windowed frames into
+    out[:n_valid] (frames, n_mels; any strides).
 
     The window is the frequency-domain stencil Z[k] = X[k]/2 - (X[k-1] + X[k+1])/4 (exact for the
-    periodic Hann window), evaluated frame by frame along the bins; |Z[k]|^2 goes into
-    power (bins, 16) float64, frames innermost, so that each band's weighted sum over its run of
-    bins runs on 16 frames at once (acc (16,) float64 is scratch)."""
-    n_bins = spec.shape[1] // 2
-    mirror = n_fft - n_bins  # X[n_bins] is the conjugate of X[mirror] (real input)
-    last = n_bins - 1
-    width = power.shape[1]
+    periodic Hann window). It acts on real and imaginary parts alike, so on the interleaved row it
+    is one contiguous stencil with offsets of two; its squares go into sq (2 * bins,) float64, and
+    each band is a dot product of its weights (each bin's twice) with a contiguous run of sq.
+    Indices are offsets into slices, never `i - 2`: numba's negative-index handling would
+    otherwise keep these loops from vectorising."""
+    n2 = spec.shape[1]
+    mirror = n_fft - n2 // 2  # X[n_bins] is the conjugate of X[mirror] (real input)
+    last = n2 - 2  # the last bin's real part
+    n = n2 - 4
+    inner = sq[2 : n + 2]
     for j in range(n_valid):
         x = spec[j]
-        re = 0.5 * (x[0] - x[2])  # X[-1] = conj(X[1]): the imaginary parts cancel
+        before, here, after = x[0:n], x[2 : n + 2], x[4 : n + 4]
+        for i in range(n):
+            z = 0.5 * here[i] - 0.25 * (before[i] + after[i])
+            inner[i] = z * z
+        re = 0.5 * (x[0] - x[2])  # bin 0: X[-1] = conj(X[1]), so the imaginary parts cancel
         im = 0.5 * x[1]
-        power[0, j] = re * re + im * im
-        for k in range(1, last):
-            re = 0.5 * x[2 * k] - 0.25 * (x[2 * k - 2] + x[2 * k + 2])
-            im = 0.5 * x[2 * k + 1] - 0.25 * (x[2 * k - 1] + x[2 * k + 3])
-            power[k, j] = re * re + im * im
-        re = 0.5 * x[2 * last] - 0.25 * (x[2 * last - 2] + x[2 * mirror])
-        im = 0.5 * x[2 * last + 1] - 0.25 * (x[2 * last - 1] - x[2 * mirror + 1])
-        power[last, j] = re * re + im * im
-    for m in range(lo.shape[0]):
-        for j in range(width):
-            acc[j] = 0.0
-        o = offset[m] - lo[m]
-        for k in range(lo[m], hi[m]):
-            wk = weights[o + k]
-            for j in range(width):
-                acc[j] += wk * power[k, j]
-        for j in range(n_valid):
-            out[j, m] = acc[j]
+        sq[0], sq[1] = re * re, im * im
+        re = 0.5 * x[last] - 0.25 * (x[last - 2] + x[2 * mirror])
+        im = 0.5 * x[last + 1] - 0.25 * (x[last - 1] - x[2 * mirror + 1])
+        sq[last], sq[last + 1] = re * re, im * im
+        for m in range(start.shape[0]):
+            run, w = sq[start[m] : stop[m]], weights[offset[m] : offset[m + 1]]
+            acc = 0.0
+            for i in range(run.shape[0]):
+                acc += w[i] * run[i]
+            out[j, m] = acc
 
 
 @functools.cache
@@ -144,8 +145,7 @@ class _Workspace(threading.local):
             self.signal = np.zeros((frames - 1) * hop_length + n_fft)  # float64 stretch of the padded signal
             self.spec = np.zeros((_BLOCK, n_bins), np.complex128)
             self.rfft = fft.FrameRfft(n_fft, hop_length, _BLOCK, self.signal, self.spec)
-            self.power = np.zeros((n_bins, _BLOCK))  # zeros: unused lanes of a partial block stay finite
-            self.acc = np.empty(_BLOCK)
+            self.sq = np.zeros(2 * n_bins)
             self.key = (n_fft, hop_length)
         return self
 
@@ -179,27 +179,27 @@ def _to_db(mel):
     return mel
 
 
-def _mel_frames_cpu(y: np.ndarray, bank: MelBank, n_fft: int, hop_length: int) -> np.ndarray:
+def _mel_frames_cpu(y: np.ndarray, bank: MelBank, n_fft: int, hop_length: int, out: np.ndarray) -> np.ndarray:
+    """Mel power in dB of every frame into `out` (frames, n_mels), which may be a transposed view."""
     pad, n = n_fft // 2, len(y)
-    total = n_frames(n, n_fft, hop_length)
-    out = np.empty((total, len(bank.dense)), np.float32)
+    total = out.shape[0]
     ws = _workspace.get(n_fft, hop_length)
     sig, span = ws.signal, len(ws.signal)
     spec = ws.spec.view(np.float64)  # (frames, 2 * bins): (real, imaginary) pairs
     kernel = _kernel()
     step = _BLOCK * _CHUNK_BLOCKS
-    for start in range(0, total, step):
-        nf = min(step, total - start)
-        g0 = start * hop_length - pad  # first sample of this chunk in the unpadded signal
+    for first in range(0, total, step):
+        nf = min(step, total - first)
+        g0 = first * hop_length - pad  # first sample of this chunk in the unpadded signal
         a, b = max(g0, 0), min(g0 + span, n)
         sig[: a - g0] = 0.0
         sig[a - g0 : b - g0] = y[a:b]
         sig[b - g0 :] = 0.0
         for f0 in range(0, nf, _BLOCK):  # FFT a block, then reduce it while it is still in cache
             ws.rfft(f0 * hop_length)
-            kernel(spec, min(_BLOCK, nf - f0), n_fft, bank.lo, bank.hi, bank.offset, bank.weights, ws.power,
-                   ws.acc, out[start + f0 : start + f0 + _BLOCK])
-    return _to_db(out)
+            kernel(spec, min(_BLOCK, nf - f0), n_fft, bank.start, bank.stop, bank.offset, bank.weights, ws.sq,
+                   out[first + f0 : first + f0 + _BLOCK])
+    return out
 
 
 def _mel_frames_torch(y: np.ndarray, bank: MelBank, n_fft: int, hop_length: int, device) -> np.ndarray:
@@ -217,24 +217,32 @@ def _mel_frames_torch(y: np.ndarray, bank: MelBank, n_fft: int, hop_length: int,
     return _to_db(torch.cat(out).cpu().numpy())
 
 
-def log_mel_frames(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax, device=None) -> np.ndarray:
-    """`log_mel` transposed: float32 (frames, n_mels), the feature store's layout. `device`:
-    None or CPU for the compiled CPU path, a CUDA device for the torch path."""
+def _log_mel(y, sr, n_fft, hop_length, n_mels, fmin, fmax, device, frames_major: bool) -> np.ndarray:
     y = _check_signal(y)
     if n_fft < 2 or hop_length < 1:
         raise ValueError(f"log_mel needs n_fft >= 2 and hop_length >= 1, got {n_fft} and {hop_length}")
     fmax = float(sr) / 2 if fmax is None else fmax  # librosa's default
     bank = mel_bank(int(sr), int(n_fft), int(n_mels), float(fmin), float(fmax))
     if device is not None and torch.device(device).type != "cpu":
-        return _mel_frames_torch(y, bank, int(n_fft), int(hop_length), device)
-    return _mel_frames_cpu(y, bank, int(n_fft), int(hop_length))
+        mel = _mel_frames_torch(y, bank, int(n_fft), int(hop_length), device)
+        return mel if frames_major else np.ascontiguousarray(mel.T)
+    total = n_frames(len(y), int(n_fft), int(hop_length))
+    # The kernel writes either layout directly (no transposed copy afterwards).
+    mel = np.empty((total, n_mels) if frames_major else (n_mels, total), np.float32)
+    _mel_frames_cpu(y, bank, int(n_fft), int(hop_length), mel if frames_major else mel.T)
+    return _to_db(mel)
+
+
+def log_mel_frames(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax, device=None) -> np.ndarray:
+    """`log_mel` transposed: float32 (frames, n_mels), the feature store's layout. `device`:
+    None or CPU for the compiled CPU path, a CUDA device for the torch path."""
+    return _log_mel(y, sr, n_fft, hop_length, n_mels, fmin, fmax, device, frames_major=True)
 
 
 def log_mel(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax, device=None) -> np.ndarray:
     """Power mel spectrogram in dB (ref 1.0, amin 1e-10, no top_db): float32 (n_mels, frames),
     equal within 1e-3 dB to librosa.power_to_db(librosa.feature.melspectrogram(power=2.0))."""
-    return np.ascontiguousarray(log_mel_frames(y, sr, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                                               fmin=fmin, fmax=fmax, device=device).T)
+    return _log_mel(y, sr, n_fft, hop_length, n_mels, fmin, fmax, device, frames_major=False)
 
 
 def librosa_log_mel(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax) -> np.ndarray:
