@@ -60,7 +60,7 @@ def bench_log_mel(audio_seconds: float = 300.0, rounds: int = 3) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from fat import features
+    from fat import features, fft
 
     clips = bench_clips(audio_seconds)
     seconds = sum(len(y) for y in clips) / LOG_MEL["sr"]
@@ -104,6 +104,7 @@ def bench_log_mel(audio_seconds: float = 300.0, rounds: int = 3) -> dict:
         "speedup_single_thread": round(best["librosa"] / best["ours"], 2),
         "max_abs_db_diff": max_diff,
         "ours_all_cores_audio_s_per_s": round(seconds / parallel, 1), "all_cores_threads": workers,
+        "fft_backend": fft.backend(),
     }
 
 
@@ -305,7 +306,7 @@ def summary(res: dict) -> str:
         f"{lm['clips']} clips, {lm['audio_seconds']} s of audio), audio-seconds per second:",
         f"  librosa, 1 thread   {lm['librosa_audio_s_per_s']:>9.0f}",
         f"  fat, 1 thread       {lm['ours_audio_s_per_s']:>9.0f}   ({lm['speedup_single_thread']:.2f}x librosa, "
-        f"max difference {lm['max_abs_db_diff']:.1e} dB)",
+        f"max difference {lm['max_abs_db_diff']:.1e} dB; FFT: {lm['fft_backend']})",
         f"  fat, {lm['all_cores_threads']} threads      {lm['ours_all_cores_audio_s_per_s']:>9.0f}",
         f"training ({tr['device']}, {tr['torch_threads']} torch threads, batch {tr['batch_size']} x {tr['n_mels']} mels x "
         f"{tr['crop_frames']} frames, {tr['num_workers']} loader workers): {tr['samples_per_s']:.0f} samples/s, "

@@ -112,7 +112,8 @@ class FrameRfft:
     def _check(self, status: int) -> None:
         if status != 0:
             text = self._lib.DftiErrorMessage(status).decode(errors="replace")
-            raise RuntimeError(f"MKL DFTI (n_fft={self.n_fft}, hop={self.hop}, batch={self.batch}): {text}")
+            raise RuntimeError(f"MKL DFTI (n_fft={self.n_fft}, hop={self.hop}, batch={self.batch}): {text}; "
+                               "set FAT_FFT=torch to use torch.fft instead")
 
     def __call__(self, start: int) -> np.ndarray:
         """Transform the frames that begin at signal[start], signal[start + hop], …; returns `out`."""
