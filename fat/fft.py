@@ -4,11 +4,12 @@
 start `hop` samples apart in the float64 buffer `signal` and writes their one-sided spectra into
 the complex128 buffer `out` (batch, n_fft // 2 + 1), frame by frame.
 
-On builds of torch that carry Intel oneMKL (x86-64 Linux and Windows wheels), the transform is an
-MKL DFTI descriptor configured once for that geometry (strided input, batch count, single
-thread) and reused for every call. `torch.fft.rfft` is the same MKL code, but it creates and
-commits a new descriptor on every call; for the short batches that keep a spectrogram in the
-CPU cache, that set-up costs about as much as the transform itself. Where torch has no MKL (e.g.
+On builds of torch that carry Intel oneMKL and export its DFTI functions (the x86-64 Linux wheels
+do), the transform is an MKL DFTI descriptor configured once for that geometry (strided input,
+batch count, single thread) and reused for every call. `torch.fft.rfft` is the same MKL code,
+but it creates and commits a new descriptor on every call (torch caches FFT plans for cuFFT
+only); for the short batches that keep a spectrogram in the CPU cache, that set-up costs about
+as much as the transform itself (here ~30 us a call against ~70 us for 16 frames of 2048). Where torch has no MKL (e.g.
 aarch64 or macOS wheels), or the library cannot be loaded, `torch.fft.rfft` on a strided view
 does the same work.
 """
