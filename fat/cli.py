@@ -16,7 +16,7 @@ The pipeline itself runs with `dvc repro` (all stages) or `dvc exp run -S key=va
 
 
 def _preset(args) -> int:
-    from fat import params
+    from fat import lock, params
 
     if args.list or not args.name:
         for name in params.preset_names():
@@ -25,6 +25,25 @@ def _preset(args) -> int:
         return 0
     params.apply_preset(args.name, args.params)
     print(f"applied preset {args.name!r} to {args.params}; run `dvc repro` to rebuild what it changes")
+    root = Path(args.params).resolve().parent
+    if (root / "dvc.yaml").exists() and (root / "dvc.lock").exists():
+        _report_pruned(root, lock.prune(root))
+    return 0
+
+
+def _report_pruned(root: Path, removed: list[str]) -> None:
+    if removed:
+        print(f"{root / 'dvc.lock'}: removed {len(removed)} entries of stages the pipeline no longer defines: "
+              + ", ".join(removed))
+
+
+def _prune_lock(args) -> int:
+    from fat import lock
+
+    removed = lock.prune(args.repo)
+    _report_pruned(args.repo, removed)
+    if not removed:
+        print(f"{args.repo / 'dvc.lock'}: every entry is a stage of the pipeline; nothing to remove")
     return 0
 
 
@@ -78,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the presets")
     p.add_argument("--params", default="params.yaml", help="params file to update (default: %(default)s)")
     p.set_defaults(func=_preset)
+
+    p = sub.add_parser("prune-lock", help="remove dvc.lock entries of stages the pipeline no longer defines "
+                                          "(e.g. folds 3-4 after going back from 5 folds to 3): DVC keeps them, "
+                                          "and rereads and rewrites them after every stage")
+    p.add_argument("--repo", type=Path, default=Path("."), help="project root (default: the current directory)")
+    p.set_defaults(func=_prune_lock)
 
     p = sub.add_parser("validate", help="check a data directory (Kaggle or FSDKaggle2019 layout): tables and "
                                         "every audio file; prints every problem, each naming its file")

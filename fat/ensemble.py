@@ -18,14 +18,17 @@ The in-sample score is reported separately, labelled as such.
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 
 from fat import data, metrics
 from fat.io import load_predictions
 from fat.layout import Layout
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 METHODS = ("mean", "weighted", "stack")
 
@@ -105,6 +108,8 @@ def _logits(p):
 
 
 def fit_stack(probs: list[np.ndarray], truth: np.ndarray, seed: int) -> LogisticRegression:
+    from sklearn.linear_model import LogisticRegression  # only the `stack` method needs sklearn (~2 s to import)
+
     x = np.stack([_logits(p).ravel() for p in probs], axis=1)
     return LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, truth.ravel())
 

@@ -20,14 +20,13 @@ from torch.utils.data import ConcatDataset
 from fat import data, dist, metrics, models, track
 from fat.checkpoint import Checkpointer, file_digest, fingerprint
 from fat.features import FeatureStore
-from fat.layout import Layout
+from fat.layout import FOLD_FAMILIES, Layout
 from fat.io import load_predictions, save_predictions, write_csv
 from fat.predict import predict_plain, predict_tta
 from fat.train import CropDataset, check_settings, evaluate, fit, pick_device, seed_everything
 
 log = logging.getLogger("fat.family")
 
-FOLD_FAMILIES = ("baseline", "finetune", "retrain")
 
 
 def member_seed(seed: int, fold: int) -> int:
@@ -216,37 +215,6 @@ class ConcatCrops(ConcatDataset):
     def epoch(self, value):
         for d in self.datasets:
             d.epoch = value
-
-
-def score_family(family: str, folds: list[int], layout: Layout = Layout()) -> dict:
-    """Per-fold and overall OOF lwlrap of a family, plain and with TTA, plus the test lwlrap of
-    the fold-averaged test predictions when test labels exist."""
-    classes = data.vocabulary(layout.raw)
-    truth = data.split_table(layout.raw, "curated").set_index("fname")
-    test = data.split_table(layout.raw, "test").set_index("fname") if data.has_test_labels(layout.raw) else None
-    out: dict = {"folds": {f"fold{k}": {} for k in folds}}
-    for variant, where in (("plain", layout.member), ("tta", layout.preds)):
-        suffix = "" if variant == "plain" else "_tta"
-        fn_all, p_all, tests = [], [], []
-        for k in folds:
-            fn, p = load_predictions(where(family, k) / "oof.csv", classes)
-            out["folds"][f"fold{k}"][variant] = round(metrics.lwlrap(data.multi_hot(truth.loc[fn, "labels"], classes), p), 6)
-            fn_all += fn
-            p_all.append(p)
-            tests.append(load_predictions(where(family, k) / "test.csv", classes))
-        if len(set(fn_all)) != len(fn_all):
-            raise ValueError(f"{family}: out-of-fold predictions overlap between folds")
-        y_all = data.multi_hot(truth.loc[fn_all, "labels"], classes)
-        out[f"oof_lwlrap{suffix}"] = round(metrics.lwlrap(y_all, np.concatenate(p_all)), 6)
-        if any(t[0] != tests[0][0] for t in tests):
-            raise ValueError(f"{family}: the folds' test predictions list different clips")
-        if test is not None:
-            fn = tests[0][0]
-            p = np.mean([t[1] for t in tests], axis=0)
-            out[f"test_lwlrap{suffix}"] = round(metrics.lwlrap(data.multi_hot(test.loc[fn, "labels"], classes), p), 6)
-    out["oof_clips"] = len(fn_all)
-    out["folds"] = out.pop("folds")  # keep the per-fold table last
-    return out
 
 
 def predict_member(family: str, fold: int, params: dict, layout: Layout = Layout()) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+FOLD_FAMILIES = ("baseline", "finetune", "retrain")  # the families with one member per fold (data/models/<family>/fold<k>)
+
 
 @dataclass(frozen=True)
 class Layout:

@@ -54,8 +54,9 @@ def repo(tmp_path_factory) -> Path:
         if (ROOT / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
-    params.apply_preset("tiny", dst / "params.yaml")
     run(["git", "init", "-q"], dst)
+    out = run(["fat", "preset", "tiny"], dst)  # as a user would: it also prunes the fold-2 lock entries
+    assert "baseline@2" in out and "baseline@2" not in yaml.safe_load((dst / "dvc.lock").read_text())["stages"]
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], dst)
     return dst
