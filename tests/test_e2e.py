@@ -274,12 +274,34 @@ def start_workers(repo: Path, log: Path) -> None:
     assert proc.returncode == 0, log.read_text()
 
 
+def workers_running(repo: Path) -> bool:
+    """Whether a `dvc exp queue-worker` of this repo is alive (read from /proc: no dvc start-up).
+    Without /proc, assume so: the wait then asks DVC once a minute or when an experiment lands."""
+    if not Path("/proc/self").exists():
+        return True
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"queue-worker" in (proc / "cmdline").read_bytes() and (proc / "cwd").resolve() == repo.resolve():
+                return True
+        except OSError:  # not a process directory, or it ended meanwhile
+            continue
+    return False
+
+
+def exp_refs(repo: Path) -> int:
+    """How many experiments git holds (DVC adds one per successful task)."""
+    return len(run(["git", "for-each-ref", "refs/exps"], repo).splitlines())
+
+
 def wait_for_queue(repo: Path, names: list[str], log: Path, timeout: float = 1500) -> tuple[dict[str, str], str]:
     """Poll `dvc queue status` until every task in `names` has ended; {name: its status line}.
     Workers that exit while a task is still queued (treeverse/dvc#10562) are started again, as the
-    README says to."""
+    README says to. `dvc queue status` costs seconds of CPU that the two workers need, so between
+    its calls the wait watches cheap signs (worker processes, experiment refs) and asks DVC only
+    when they say the queue may have moved on, or once a minute."""
     deadline = time.monotonic() + timeout
     stalled = 0  # polls in a row with a task queued and no worker (one alone may be workers still starting)
+    refs, moved = exp_refs(repo), True
     while True:
         status = run(["dvc", "queue", "status"], repo)
         rows = {n: line for line in status.splitlines() for n in names if f" {n} " in f" {line} "}
@@ -291,7 +313,15 @@ def wait_for_queue(repo: Path, names: list[str], log: Path, timeout: float = 150
             start_workers(repo, log)
             stalled = 0
         assert time.monotonic() < deadline, f"queue did not finish:\n{status}"
-        time.sleep(10)
+        if stalled:
+            time.sleep(10)
+            continue
+        asked, cap = time.monotonic(), 10 if moved else 60  # just after a task ended DVC may lag its ref a little
+        time.sleep(3)
+        while time.monotonic() - asked < cap and workers_running(repo) and exp_refs(repo) == refs:
+            time.sleep(3)
+        moved = exp_refs(repo) != refs
+        refs = exp_refs(repo)
 
 
 def why_failed(repo: Path, name: str) -> str:
