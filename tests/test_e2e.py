@@ -320,8 +320,8 @@ def wait_for_queue(repo: Path, names: list[str], log: Path, timeout: float = 150
         time.sleep(3)
         while time.monotonic() - asked < cap and workers_running(repo) and exp_refs(repo) == refs:
             time.sleep(3)
-        moved = exp_refs(repo) != refs
-        refs = exp_refs(repo)
+        now = exp_refs(repo)
+        moved, refs = now != refs, now
 
 
 def why_failed(repo: Path, name: str) -> str:
