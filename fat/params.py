@@ -1,44 +1,486 @@
-"""Reading `params.yaml` and applying presets to it.
+"""The configuration: `params.yaml` read once into typed, frozen sections, and presets applied to it.
 
-Every knob lives in `params.yaml`; stages read it with :func:`load`. Presets (`fat/presets/*.yaml`)
+Every knob has one section class below; its field defaults are the defaults (the values
+`params.yaml` ships with), so a section or key left out of `params.yaml` means the default.
+:func:`load` reads the file (as edited by `fat preset` or `dvc exp run -S key=value`), converts
+every value to its field's type and checks its range, and refuses unknown sections and keys, each
+error naming the key. Stages pass each part of the library the section it needs, e.g.
+`fit(..., train=p.train_for("pretrain"), augment=p.augment)`.
+
+A family section (`baseline`, `pretrain`, `finetune`, `retrain`) may override any `train` setting
+(epochs, lr, …) for that family; `retrain` also has its own `init`. Presets (`fat/presets/*.yaml`)
 are partial params files merged over the current one by :func:`apply_preset`, preserving comments.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
+import math
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
 from fat.io import atomic_path
 
 PRESETS_DIR = Path(__file__).with_name("presets")
+FOLD_FAMILIES = ("baseline", "finetune", "retrain")  # the families with one member per fold
+MODEL_CHANNELS = ("mel", "delta", "delta2", "mfcc")
 
 
-def load(path: str | Path = "params.yaml") -> dict:
+class ParamsError(ValueError):
+    """A params value of the wrong type or out of range, or an unknown key; the message names it."""
+
+
+def knob(default, rule: str = "", ok: Callable[[Any], bool] | None = None, choices: tuple | None = None):
+    """A field with its default and its check: `ok(value)` must hold (else the message says the
+    value `must be {rule}`), or the value must be one of `choices`."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("mutable defaults: use a tuple")
+    return field(default=default, metadata={"rule": rule, "ok": ok, "choices": choices})
+
+
+def _between(lo, hi):
+    return lambda v: lo <= v <= hi
+
+
+class Section:
+    """Base of the section classes: every instance is converted and checked on construction
+    (direct or from a params mapping), so a section object always holds valid values."""
+
+    SECTION: typing.ClassVar[str] = ""  # the section's name in messages
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            tp = hints[f.name]
+            is_section = isinstance(tp, type) and issubclass(tp, Section)
+            if "rule" in f.metadata or is_section:
+                value = _convert(getattr(self, f.name), tp, f"{self.SECTION}.{f.name}", f.metadata)
+                object.__setattr__(self, f.name, value)
+
+    @classmethod
+    def build(cls, mapping, where: str, owners: dict[str, str] | None = None):
+        """The section from a params mapping. `where` is the section's name in messages; `owners`
+        names another section for keys that came from it (a family's `train` overrides)."""
+        if mapping is None:
+            mapping = {}
+        if not isinstance(mapping, dict):
+            raise ParamsError(f"params.yaml: {where} must be a mapping of settings, got {mapping!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(mapping) - set(fields))
+        if unknown:
+            raise ParamsError(f"params.yaml: {where}.{unknown[0]} is not a setting; {where} has {sorted(fields)}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for name, value in mapping.items():
+            key = f"{(owners or {}).get(name, where)}.{name}"
+            values[name] = _convert(value, hints[name], key, fields[name].metadata)
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        """Plain YAML-like values: lists for tuples, dicts for sections (key order as declared)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(v):
+    if isinstance(v, Section):
+        return v.as_dict()
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, types.MappingProxyType):
+        return dict(v)
+    return v
+
+
+def _bad(key: str, value, rule: str) -> ParamsError:
+    return ParamsError(f"params.yaml: {key} must be {rule}, got {value!r}")
+
+
+def _convert(value, tp, key: str, meta) -> Any:
+    """`value` as type `tp` (int, float, bool, str, X | None, tuple[X, ...], a Section), checked."""
+    rule, ok, choices = meta.get("rule", ""), meta.get("ok"), meta.get("choices")
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(tp, type) and issubclass(tp, Section):
+        return value if isinstance(value, tp) else tp.build(value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _bad(key, value, f"a list{' of ' + rule if rule else ''}")
+        if ok is not None and len(value) == 0 and not ok(()):
+            raise _bad(key, value, rule)
+        item = args[0]
+        if len(args) == 2 and args[1] is Ellipsis or len(args) == 1:
+            items = [_convert_scalar(v, item, key, rule, choices, f"{key}[{i}]") for i, v in enumerate(value)]
+        else:
+            if len(value) != len(args):
+                raise _bad(key, value, f"a list of {len(args)} values")
+            items = [_convert_scalar(v, a, key, rule, None, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        out = tuple(items)
+        if ok is not None and not ok(out):
+            raise _bad(key, value, rule)
+        return out
+    out = _convert_scalar(value, tp, key, rule, choices, key)
+    if ok is not None and not ok(out):
+        raise _bad(key, value, f"a whole number {rule}" if tp is int else rule)
+    return out
+
+
+def _convert_scalar(value, tp, key: str, rule: str, choices, name: str):
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _bad(name, value, "true or false")
+        return value
+    if tp is int:
+        whole = f"a whole number{' ' + rule if rule else ''}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            raise _bad(name, value, whole)
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _bad(name, value, "a number")
+        if not math.isfinite(value):
+            raise _bad(name, value, "finite")
+        return float(value)
+    if tp is str:
+        if choices is not None and value not in choices:
+            raise _bad(name, value, f"one of {list(choices)}")
+        if not isinstance(value, str):
+            raise _bad(name, value, "a string")
+        return value
+    raise TypeError(f"{key}: unsupported field type {tp}")
+
+
+# ----------------------------------------------------------------------------- the sections
+@dataclass(frozen=True)
+class Data(Section):
+    SECTION: typing.ClassVar[str] = "data"
+
+    source: str = knob("synthetic")  # `synthetic` (embedded generator) or a directory in the FAT2019 layout
+    n_jobs: int = knob(0, ">= 0 (0 = all cores)", lambda v: v >= 0)
+    on_bad_audio: str = knob("error", choices=("error", "skip"))
+    corrections: str | None = knob(None)
+    max_seconds: float = knob(60.0, "> 0", lambda v: v > 0)
+    min_peak_dbfs: float = knob(-80.0, "<= 0", lambda v: v <= 0)
+
+
+def _probabilities(v) -> bool:
+    return len(v) > 0 and all(p >= 0 for p in v) and abs(sum(v) - 1) < 1e-6
+
+
+@dataclass(frozen=True)
+class SynthSplit(Section):
+    SECTION: typing.ClassVar[str] = "synth split"
+
+    n_clips: int = knob(1, ">= 1", lambda v: v >= 1)
+    duration: tuple[float, float] = knob((0.3, 8.0), "seconds, 0 < min <= max", lambda v: 0 < v[0] <= v[1])
+    label_counts_p: tuple[float, ...] = knob((0.75, 0.2, 0.05), "probabilities summing to 1", _probabilities)
+    long_share: float = knob(0.0, "between 0 and 1", _between(0, 1))
+    class_skew: float = knob(0.0, ">= 0", lambda v: v >= 0)
+    snr_db: tuple[float, float] | None = knob(None, "dB, min <= max", lambda v: v[0] <= v[1])
+    label_noise: float = knob(0.0, "between 0 and 1", _between(0, 1))
+
+
+@dataclass(frozen=True)
+class Synth(Section):
+    SECTION: typing.ClassVar[str] = "synth"
+
+    sample_rate: int = knob(44100, ">= 1000", lambda v: v >= 1000)
+    n_classes: int = knob(20, ">= 2", lambda v: v >= 2)
+    curated: SynthSplit = SynthSplit(n_clips=800, duration=(0.3, 8.0), label_counts_p=(0.75, 0.2, 0.05))
+    noisy: SynthSplit = SynthSplit(n_clips=1500, duration=(1.0, 10.0), long_share=0.4,
+                                   label_counts_p=(0.75, 0.2, 0.05), class_skew=0.8, snr_db=(0.0, 15.0),
+                                   label_noise=0.35)
+    test: SynthSplit = SynthSplit(n_clips=600, duration=(0.3, 8.0), label_counts_p=(0.65, 0.27, 0.08))
+
+    @classmethod
+    def _with_split_defaults(cls, mapping: dict) -> dict:
+        """A split given partly keeps the defaults of its other keys (as `fat preset` merges them)."""
+        mapping = dict(mapping)
+        for split in ("curated", "noisy", "test"):
+            if isinstance(mapping.get(split), dict):
+                mapping[split] = {**getattr(cls, split).as_dict(), **mapping[split]}
+        return mapping
+
+    def __post_init__(self):
+        for split, value in self._with_split_defaults({s: getattr(self, s) for s in ("curated", "noisy", "test")}).items():
+            object.__setattr__(self, split, value)
+        super().__post_init__()
+
+    @classmethod
+    def build(cls, mapping, where: str, owners=None):
+        return super().build(cls._with_split_defaults(mapping or {}) if isinstance(mapping, dict) else mapping,
+                             where, owners)
+
+
+@dataclass(frozen=True)
+class Report(Section):
+    SECTION: typing.ClassVar[str] = "report"
+
+    silence_dbfs: float = knob(-60.0, "<= 0", lambda v: v <= 0)
+    short_s: float = knob(0.5, ">= 0", lambda v: v >= 0)
+
+
+@dataclass(frozen=True)
+class Audio(Section):
+    SECTION: typing.ClassVar[str] = "audio"
+
+    sample_rate: int = knob(22050, ">= 1000", lambda v: v >= 1000)
+
+
+@dataclass(frozen=True)
+class Features(Section):
+    SECTION: typing.ClassVar[str] = "features"
+
+    n_fft: int = knob(1024, ">= 2", lambda v: v >= 2)
+    hop_length: int = knob(512, ">= 1", lambda v: v >= 1)
+    n_mels: int = knob(64, ">= 1", lambda v: v >= 1)
+    fmin: float = knob(20.0, ">= 0", lambda v: v >= 0)
+    fmax: float | None = knob(None, "> 0 (null = sample_rate / 2)", lambda v: v > 0)
+    dtype: str = knob("float16", choices=("float16", "float32"))
+
+    def log_mel_kwargs(self, audio: Audio) -> dict:
+        """The keyword arguments of `fat.features.logmel.log_mel` (also a store's meta.json)."""
+        sr = audio.sample_rate
+        return dict(sr=sr, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels, fmin=self.fmin,
+                    fmax=float(self.fmax or sr / 2))
+
+
+@dataclass(frozen=True)
+class CV(Section):
+    SECTION: typing.ClassVar[str] = "cv"
+
+    n_folds: int = knob(3, ">= 2", lambda v: v >= 2)
+    folds: tuple[int, ...] = knob((0, 1, 2))  # must be list(range(n_folds)): DVC's foreach needs the list
+
+
+@dataclass(frozen=True)
+class Model(Section):
+    SECTION: typing.ClassVar[str] = "model"
+
+    channels: tuple[str, ...] = knob(("mel",), f"a non-empty list of {list(MODEL_CHANNELS)}", lambda v: len(v) > 0,
+                                     choices=MODEL_CHANNELS)
+    base_channels: int = knob(8, ">= 1", lambda v: v >= 1)
+    n_blocks: int = knob(4, ">= 1", lambda v: v >= 1)
+    dropout: float = knob(0.3, "between 0 and 1 (exclusive of 1)", lambda v: 0 <= v < 1)
+
+
+@dataclass(frozen=True)
+class Train(Section):
+    SECTION: typing.ClassVar[str] = "train"
+
+    crop_frames: int = knob(96, ">= 1", lambda v: v >= 1)
+    batch_size: int = knob(32, ">= 1", lambda v: v >= 1)
+    epochs: int = knob(16, ">= 1", lambda v: v >= 1)
+    lr: float = knob(0.002, "> 0", lambda v: v > 0)
+    weight_decay: float = knob(0.0001, ">= 0", lambda v: v >= 0)
+    warmup: float = knob(0.2, "between 0 and 1 (exclusive)", lambda v: 0 < v < 1)
+    num_workers: int = knob(0, ">= 0", lambda v: v >= 0)
+    compile: bool = knob(False)
+    eval_every: int = knob(1, ">= 1", lambda v: v >= 1)
+
+
+@dataclass(frozen=True)
+class Dist(Section):
+    SECTION: typing.ClassVar[str] = "dist"
+
+    nproc_per_node: int = knob(1, ">= 1", lambda v: v >= 1)
+
+
+@dataclass(frozen=True)
+class Mixup(Section):
+    SECTION: typing.ClassVar[str] = "mixup"
+
+    alpha: float = knob(0.0, ">= 0 (0 disables mixup)", lambda v: v >= 0)
+
+
+@dataclass(frozen=True)
+class Augment(Section):
+    SECTION: typing.ClassVar[str] = "augment"
+
+    p: float = knob(0.5, "between 0 and 1", _between(0, 1))
+    freq_masks: int = knob(2, ">= 0", lambda v: v >= 0)
+    freq_frac: float = knob(0.15, "between 0 and 1", _between(0, 1))
+    time_masks: int = knob(2, ">= 0", lambda v: v >= 0)
+    time_frac: float = knob(0.2, "between 0 and 1", _between(0, 1))
+
+    def masks(self) -> dict:
+        """The mask sizes (keyword arguments of `fat.training.augment.spec_augment`)."""
+        return {"freq_masks": self.freq_masks, "freq_frac": self.freq_frac, "time_masks": self.time_masks,
+                "time_frac": self.time_frac}
+
+
+@dataclass(frozen=True)
+class Family(Section):
+    """A family's section: the `train` settings it overrides (`overrides`, read-only)."""
+
+    overrides: types.MappingProxyType = field(default_factory=lambda: types.MappingProxyType({}))
+
+    OWN_KEYS: typing.ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "overrides", types.MappingProxyType(dict(self.overrides)))
+        super().__post_init__()
+
+    @classmethod
+    def build(cls, mapping, where: str, owners=None):
+        if mapping is None:
+            mapping = {}
+        if not isinstance(mapping, dict):
+            raise ParamsError(f"params.yaml: {where} must be a mapping of settings, got {mapping!r}")
+        train_keys = [f.name for f in dataclasses.fields(Train)]
+        unknown = sorted(set(mapping) - set(train_keys) - set(cls.OWN_KEYS))
+        if unknown:
+            own = f" or set {list(cls.OWN_KEYS)}" if cls.OWN_KEYS else ""
+            raise ParamsError(f"params.yaml: {where}.{unknown[0]} is not a setting; a family section may override "
+                              f"{sorted(train_keys)}{own}")
+        overrides = {k: v for k, v in mapping.items() if k in train_keys}
+        Train.build(overrides, where)  # each override checked, named as this section's key
+        own = Section.build.__func__(cls, {k: v for k, v in mapping.items() if k in cls.OWN_KEYS}, where)
+        return dataclasses.replace(own, overrides=types.MappingProxyType(overrides))
+
+    def as_dict(self) -> dict:
+        own = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "overrides"}
+        return {**dict(self.overrides), **own}
+
+
+@dataclass(frozen=True)
+class Retrain(Family):
+    """retrain@k: curated train folds + pseudo@k clips, from the pretrained weights or from scratch."""
+
+    init: str = knob("pretrain", choices=("pretrain", "scratch"))
+    OWN_KEYS: typing.ClassVar[tuple[str, ...]] = ("init",)
+
+
+def _pretrain_default() -> Family:
+    return Family(overrides=types.MappingProxyType({"epochs": 8, "lr": 0.002, "eval_every": 2}))
+
+
+@dataclass(frozen=True)
+class Pseudo(Section):
+    SECTION: typing.ClassVar[str] = "pseudo"
+
+    label_threshold: float = knob(0.5, "between 0 and 1", _between(0, 1))
+    top_k: int = knob(2, ">= 1", lambda v: v >= 1)
+    min_confidence: float = knob(0.3, "between 0 and 1", _between(0, 1))
+    agree: bool = knob(True)
+    targets: str = knob("hard", choices=("hard", "soft"))
+    temperature: float = knob(0.5, "> 0", lambda v: v > 0)
+    max_clips: int = knob(0, ">= 0 (0 = no cap)", lambda v: v >= 0)
+
+
+@dataclass(frozen=True)
+class Tta(Section):
+    SECTION: typing.ClassVar[str] = "tta"
+
+    beta: float = knob(0.4, "between 0 and 1", _between(0, 1))
+    overlap_step: float = knob(0.5, "between 0 (exclusive) and 1", lambda v: 0 < v <= 1)
+    shifts: tuple[float, ...] = knob((0.0, 0.5), "phases between 0 and 1", lambda v: all(0 <= s <= 1 for s in v))
+    masked: int = knob(1, ">= 0", lambda v: v >= 0)
+
+
+@dataclass(frozen=True)
+class Ensemble(Section):
+    SECTION: typing.ClassVar[str] = "ensemble"
+
+    members: tuple[str, ...] = knob(FOLD_FAMILIES, f"a non-empty list of {list(FOLD_FAMILIES)}",
+                                    lambda v: len(v) > 0, choices=FOLD_FAMILIES)
+    use_tta: bool = knob(True)
+    fold_agg: str = knob("mean", choices=("mean", "geomean"))
+    max_corr: float = knob(0.97, "between -1 and 1", _between(-1, 1))
+    method: str = knob("mean", choices=("mean", "weighted", "stack"))
+    weight_step: float = knob(0.1, "between 0 (exclusive) and 1", lambda v: 0 < v <= 1)
+    guard: bool = knob(True)
+
+
+@dataclass(frozen=True)
+class Params(Section):
+    """All of params.yaml."""
+
+    seed: int = knob(2019, ">= 0", lambda v: v >= 0)
+    data: Data = Data()
+    synth: Synth = Synth()
+    report: Report = Report()
+    audio: Audio = Audio()
+    features: Features = Features()
+    cv: CV = CV()
+    model: Model = Model()
+    train: Train = Train()
+    dist: Dist = Dist()
+    mixup: Mixup = Mixup()
+    augment: Augment = Augment()
+    baseline: Family = Family()
+    pretrain: Family = field(default_factory=_pretrain_default)
+    finetune: Family = Family()
+    pseudo: Pseudo = Pseudo()
+    retrain: Retrain = Retrain()
+    tta: Tta = Tta()
+    ensemble: Ensemble = Ensemble()
+
+    @classmethod
+    def build(cls, mapping, where: str = "params.yaml", owners=None):
+        unknown = sorted(set(mapping) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ParamsError(f"{where}: unknown section {unknown[0]!r}; the sections are "
+                              f"{[f.name for f in dataclasses.fields(cls)]}")
+        values = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in mapping:
+                continue
+            tp = hints[f.name]
+            if isinstance(tp, type) and issubclass(tp, Section):
+                values[f.name] = tp.build(mapping[f.name], f.name)
+            else:
+                values[f.name] = _convert(mapping[f.name], tp, f.name, f.metadata)
+        return cls(**values)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_folds(self.cv)
+        for family in ("baseline", "pretrain", "finetune", "retrain"):
+            self.train_for(family)  # the merged settings are checked too
+
+    def train_for(self, family: str) -> Train:
+        """The `train` settings of `family`: the shared section with the family's overrides."""
+        overrides = dict(getattr(self, family).overrides)
+        return Train.build({**self.train.as_dict(), **overrides}, "train", owners={k: family for k in overrides})
+
+
+def check_folds(cv: CV, path: str | Path = "params.yaml") -> None:
+    """`cv.folds` exists only because DVC's `foreach` needs a list; it must match `cv.n_folds`."""
+    if list(cv.folds) != list(range(cv.n_folds)):
+        raise ParamsError(f"{path}: cv.folds must be {list(range(cv.n_folds))} to match cv.n_folds={cv.n_folds}, "
+                          f"got {list(cv.folds)}")
+
+
+def read(path: str | Path = "params.yaml") -> dict:
+    """The raw mapping of a params file (no checks beyond its being a mapping)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: params file not found (run from the project root)")
     with path.open() as f:
-        params = yaml.safe_load(f)
-    if not isinstance(params, dict):
-        raise ValueError(f"{path}: expected a mapping of sections, got {type(params).__name__}")
-    check_folds(params, path)
-    return params
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
 
 
-def check_folds(params: dict, path: str | Path = "params.yaml") -> None:
-    """`cv.folds` exists only because DVC's `foreach` needs a list; it must match `cv.n_folds`."""
-    cv = params.get("cv", {})
-    n = cv.get("n_folds")
-    folds = cv.get("folds")
-    if n is None or folds is None:
-        return
-    if list(folds) != list(range(int(n))):
-        raise ValueError(
-            f"{path}: cv.folds must be {list(range(int(n)))} to match cv.n_folds={n}, got {folds}"
-        )
+def load(path: str | Path = "params.yaml") -> Params:
+    """`params.yaml` as typed sections, every value checked (errors name the file and the key)."""
+    raw = read(path)
+    try:
+        return Params.build(raw, str(path))
+    except ParamsError as e:
+        raise ParamsError(str(e).replace("params.yaml:", f"{path}:", 1)) from None
 
 
 def merge_into(target: dict, override: dict) -> dict:
@@ -70,7 +512,9 @@ def load_preset(name: str) -> dict:
 
 
 def apply_preset(name: str, params_path: str | Path = "params.yaml") -> dict:
-    """Merge preset `name` into `params_path` in place, keeping its comments and key order."""
+    """Merge preset `name` into `params_path` in place, keeping its comments and key order, and
+    return the merged mapping. It is checked first: a preset that would make the params invalid
+    leaves the file as it was."""
     from ruamel.yaml import YAML
 
     preset = load_preset(name)
@@ -85,7 +529,7 @@ def apply_preset(name: str, params_path: str | Path = "params.yaml") -> dict:
     buf = io.StringIO()
     ry.dump(doc, buf)
     merged = yaml.safe_load(buf.getvalue())
-    check_folds(merged, params_path)
+    Params.build(merged, str(params_path))
     with atomic_path(params_path) as tmp:
         tmp.write_text(buf.getvalue())
     return merged

@@ -12,7 +12,7 @@ def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
     logger = log.stage("ensemble")
     p = params.load()
-    result, submission, per_class = ensemble.run(p)
+    result, submission, per_class = ensemble.run(p.ensemble, p.cv.folds, p.seed)
     folds = result.pop("folds")  # OOF lwlrap per member and fold: a table and a figure, not more metrics
     write_csv("data/submission.csv", submission, float_format="%.6g")
     write_json("metrics/ensemble.json", result)

@@ -15,7 +15,7 @@ def main():
     logger = log.stage(f"features@{args.split}")
     p = params.load()
     out = args.out.format(split=args.split)
-    meta = extract.build_split(args.raw, args.split, out, p)
+    meta = extract.build_split(args.raw, args.split, out, p.audio, p.features, n_jobs=p.data.n_jobs)
     log.done(logger, "wrote %s: %d clips, %d frames", out, meta["clips"], meta["frames"])
 
 

@@ -14,7 +14,7 @@ def main():
     args = ap.parse_args()
     logger = log.stage(f"predict@{args.family}-{args.fold}")
     p = params.load()
-    result = tta.predict_member(args.family, args.fold, p)
+    result = tta.predict_member(args.family, args.fold, p.tta, p.augment, p.seed)
     write_json(f"metrics/tta/{args.family}-fold{args.fold}.json", result)
     log.done(logger, "%s", result)
 

@@ -16,9 +16,7 @@ def main():
     args = ap.parse_args()
     logger = log.stage("prepare")
     p = params.load()
-    cfg = p["data"]
-    stats, bad = prepare.prepare(str(cfg["source"]), args.out, p["synth"], seed=int(p["seed"]),
-                                 n_jobs=int(cfg.get("n_jobs", 0)), cfg=cfg)
+    stats, bad = prepare.prepare(p.data, p.synth, seed=p.seed, out_dir=args.out)
     write_json(args.metrics, stats)
     write_csv(args.quarantine, bad)
     if len(bad):

@@ -12,7 +12,7 @@ def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
     log.stage("pretrain")  # fat.training.members logs the end with the figures
     p = params.load()
-    dist.relaunch(int(p["dist"]["nproc_per_node"]), __file__, sys.argv[1:])
+    dist.relaunch(p.dist.nproc_per_node, __file__, sys.argv[1:])
     result = members.train_pretrain(p)
     if result is not None:  # rank 0 (or the only process) writes
         write_json("metrics/pretrain.json", result)

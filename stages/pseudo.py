@@ -12,7 +12,7 @@ def main():
     args = ap.parse_args()
     logger = log.stage(f"pseudo@{args.fold}")
     p = params.load()
-    rep = pseudo.label_fold(args.fold, p)
+    rep = pseudo.label_fold(args.fold, p.pseudo)
     write_json(f"metrics/pseudo/fold{args.fold}.json", {k: v for k, v in rep.items() if k != "per_class"})
     write_csv(f"metrics/pseudo/fold{args.fold}_per_class.csv", pseudo.per_class_table(rep))  # a DVC plot
     log.done(logger, "kept %d of %d noisy clips (%.1f %%)", rep["kept"], rep["noisy_clips"], 100 * rep["kept_share"])

@@ -15,11 +15,11 @@ def main():
     args = ap.parse_args()
     logger = log.stage("report")
     p = params.load()
-    rep = report.build(args.raw, p["report"], n_jobs=int(p["data"].get("n_jobs", 0)))
+    rep = report.build(args.raw, p.report, n_jobs=p.data.n_jobs)
     write_json(f"{args.out}.json", rep["metrics"])
     write_csv(f"{args.out}/class_counts.csv", rep["class_counts"])
     write_csv(f"{args.out}/flagged_clips.csv", rep["flagged"])
-    for name, fig in report.figures(rep, float(p["report"]["short_s"])).items():
+    for name, fig in report.figures(rep, p.report.short_s).items():
         plots.save_png(fig, f"{args.out}/{name}.png")
     m = rep["metrics"]
     log.done(logger, "%s; %d silent, %d short clips; noisy vs curated label shift TV %.3f",

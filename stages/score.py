@@ -13,7 +13,7 @@ def main():
     args = ap.parse_args()
     logger = log.stage(f"score@{args.family}")
     p = params.load()
-    result = scoring.score_family(args.family, list(p["cv"]["folds"]))
+    result = scoring.score_family(args.family, list(p.cv.folds))
     write_json(f"metrics/{args.family}.json", result)
     log.done(logger, "OOF lwlrap %s (TTA %s), test %s", result["oof_lwlrap"], result["oof_lwlrap_tta"], result.get("test_lwlrap", "-"))
 

@@ -15,7 +15,7 @@ def main():
     args = ap.parse_args()
     log.stage(f"{args.family}@{args.fold}")  # fat.training.members logs the end with the figures
     p = params.load()
-    dist.relaunch(int(p["dist"]["nproc_per_node"]), __file__, sys.argv[1:])
+    dist.relaunch(p.dist.nproc_per_node, __file__, sys.argv[1:])
     result = members.train_member(args.family, args.fold, p)
     if result is not None:  # rank 0 (or the only process) writes
         write_json(f"metrics/{args.family}/fold{args.fold}.json", result)

@@ -21,7 +21,7 @@ def test_bench_writes_sane_figures(tmp_path, capsys):
     work = tmp_path / "work"
     work.mkdir()
     tiny = tmp_path / "params.yaml"  # the tiny profile's model and training settings: quick steps
-    tiny.write_text(yaml.safe_dump(params.merge(params.load(ROOT / "params.yaml"), params.load_preset("tiny"))))
+    tiny.write_text(yaml.safe_dump(params.merge(params.read(ROOT / "params.yaml"), params.load_preset("tiny"))))
     argv = ["bench", "--json", str(out), "--params", str(tiny), "--audio-seconds", "2",
             "--rounds", "1", "--train-steps", "10", "--train-frames", "4000", "--store-frames", "30000",
             "--memory-steps", "10", "--validate-files", "40", "--workdir", str(work)]

@@ -15,11 +15,14 @@ from fat.data import tables as data
 
 from fat.data.prepare import validate_layout
 from fat.data.prepare import prepare as _prepare
+from fat.params import Data, Synth
 
 
-def prepare(*args, **kwargs) -> dict:
-    """fat.prepare.prepare's stats (its quarantine table is tested in test_prepare.py)."""
-    return _prepare(*args, **kwargs)[0]
+def prepare(source, out, synth_cfg=None, seed=0, n_jobs=0, cfg=None) -> dict:
+    """fat.data.prepare.prepare's stats (its quarantine table is tested in test_prepare.py), with
+    params' data section built from `source`, `n_jobs` and `cfg`."""
+    data_cfg = Data(**{**(cfg or {}), "source": source, "n_jobs": n_jobs})
+    return _prepare(data_cfg, Synth(**synth_cfg) if synth_cfg else Synth(), seed=seed, out_dir=out)[0]
 
 CLASSES = ["Meow", "Bark", "Rain"]  # deliberately not sorted: the vocabulary is the column order
 SR = 16000

@@ -28,6 +28,7 @@ from fat.training import dist, models
 from fat.training import loop as train
 from fat.training.checkpoint import Checkpointer
 from fat.features.store import FeatureStore
+from fat.params import Augment, Mixup, Model, Train
 
 store_dir, out, ckpt, pause, epochs = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
 log.setup("run")
@@ -38,7 +39,7 @@ targets = np.load(store_dir / "targets.npy")
 rows = np.arange(len(store))
 tr, va = rows[:40], rows[40:]
 torch.manual_seed(0)
-model = models.build({"base_channels": 4, "n_blocks": 2, "dropout": 0.1, "channels": ["mel"]}, 3, 12)
+model = models.build(Model(**{"base_channels": 4, "n_blocks": 2, "dropout": 0.1, "channels": ["mel"]}), 3, 12)
 data = train.CropDataset(store, tr, targets[tr], 16, seed=1)
 
 def validate(m):
@@ -47,7 +48,7 @@ def validate(m):
 
 cfg = {"epochs": epochs, "batch_size": 8, "lr": 0.01, "weight_decay": 0.0, "warmup": 0.2, "eval_every": 1}
 aug = {"p": 0.5, "freq_masks": 1, "freq_frac": 0.1, "time_masks": 1, "time_frac": 0.1}
-hist = train.fit(model, data, train_cfg=cfg, mixup_alpha=0.2, augment_cfg=aug, seed=1, device=ctx.device,
+hist = train.fit(model, data, train=Train(**cfg), mixup=Mixup(alpha=0.2), augment=Augment(**aug), seed=1, device=ctx.device,
                  validate=validate, checkpoint=Checkpointer(ckpt, "test") if ckpt != "-" else None)
 digest = hashlib.md5(b"".join(t.detach().numpy().tobytes() for t in model.parameters())).hexdigest()
 full = hashlib.md5(b"".join(t.detach().numpy().tobytes() for t in model.state_dict().values())).hexdigest()

@@ -73,7 +73,7 @@ def first_repro(repo) -> str:
 
 def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
     p = params.load(repo / "params.yaml")
-    folds = p["cv"]["folds"]
+    folds = p.cv.folds
     expected = {"prepare", "report", "folds", "pretrain", "ensemble"} | {f"features@{s}" for s in ("curated", "noisy", "test")}
     for fam in ("baseline", "finetune", "retrain"):
         expected |= {f"{fam}@{k}" for k in folds} | {f"predict@{fam}-{k}" for k in folds} | {f"score@{fam}"}
@@ -81,7 +81,7 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
     assert ran_stages(first_repro) == expected
 
     classes = data.vocabulary(repo / "data/raw")
-    assert len(classes) == p["synth"]["n_classes"]
+    assert len(classes) == p.synth.n_classes
     sub = pd.read_csv(repo / "data/submission.csv")
     test_fnames = pd.read_csv(repo / "data/raw/sample_submission.csv")["fname"]
     assert list(sub.columns) == ["fname"] + classes
@@ -96,17 +96,17 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
     for fam in ("baseline", "finetune", "retrain"):
         m = json.loads((repo / f"metrics/{fam}.json").read_text())
         assert set(m["folds"]) == {f"fold{k}" for k in folds}
-        assert m["oof_clips"] == p["synth"]["curated"]["n_clips"]  # every curated clip scored exactly once
+        assert m["oof_clips"] == p.synth.curated.n_clips  # every curated clip scored exactly once
         for key in ("oof_lwlrap", "oof_lwlrap_tta", "test_lwlrap", "test_lwlrap_tta"):
             assert 0 < m[key] <= 1
     for k in folds:
         rep = json.loads((repo / f"metrics/pseudo/fold{k}.json").read_text())
-        assert rep["noisy_clips"] == p["synth"]["noisy"]["n_clips"]
+        assert rep["noisy_clips"] == p.synth.noisy.n_clips
 
     report = json.loads((repo / "metrics/report.json").read_text())
     for split in ("curated", "noisy", "test"):
-        assert report["splits"][split]["clips"] == p["synth"][split]["n_clips"]
-        assert report["splits"][split]["sample_rates"] == {str(p["synth"]["sample_rate"]): p["synth"][split]["n_clips"]}
+        assert report["splits"][split]["clips"] == getattr(p.synth, split).n_clips
+        assert report["splits"][split]["sample_rates"] == {str(p.synth.sample_rate): getattr(p.synth, split).n_clips}
     assert 0 < report["noisy_vs_curated"]["total_variation"] < 1
     folds_table = pd.read_csv(repo / "metrics/ensemble_folds.csv")
     assert folds_table["fold"].tolist() == [f"fold{k}" for k in folds]
@@ -133,11 +133,11 @@ def test_plots_show_page_draws_every_plot_in_chromium(repo, first_repro, tmp_pat
     assert "cdn.jsdelivr" not in html  # everything it needs is inside the page
 
     p = params.load(repo / "params.yaml")
-    n_classes = p["synth"]["n_classes"]
+    n_classes = p.synth.n_classes
     curves = [f"metrics/train/{fam}/fold{k}/plots/metrics/{c}.tsv"
-              for fam in ("baseline", "finetune", "retrain") for k in p["cv"]["folds"] for c in track.CURVES]
+              for fam in ("baseline", "finetune", "retrain") for k in p.cv.folds for c in track.CURVES]
     curves += [f"metrics/train/pretrain/plots/metrics/{c}.tsv" for c in track.CURVES]
-    bars = ["metrics/ensemble_per_class.csv"] + [f"metrics/pseudo/fold{k}_per_class.csv" for k in p["cv"]["folds"]]
+    bars = ["metrics/ensemble_per_class.csv"] + [f"metrics/pseudo/fold{k}_per_class.csv" for k in p.cv.folds]
     ident = Renderer.remove_special_chars
 
     rep = browser.page_report(browser.dump_dom(page))
@@ -147,7 +147,7 @@ def test_plots_show_page_draws_every_plot_in_chromium(repo, first_repro, tmp_pat
         view = rep["plots"][ident(name)]
         assert view["render"] == "ok" and view["svg"] and view["line_points"], (name, view)
         if name.startswith("metrics/train/baseline/"):  # the tiny baseline trains 2 epochs: 2 points a line
-            assert max(view["line_points"]) == p["train"]["epochs"], (name, view)
+            assert max(view["line_points"]) == p.train.epochs, (name, view)
     for name in bars:
         view = rep["plots"][ident(name)]
         assert view["render"] == "ok" and view["marks"] == {"rect": n_classes}, (name, view)

@@ -12,6 +12,7 @@ from fat import metrics
 from fat.evaluation import ensemble
 from fat.io import save_predictions
 from fat.layout import Layout
+from fat.params import Ensemble
 
 CLASSES = ["a", "b", "c", "d"]
 FAMILIES = ["baseline", "finetune", "retrain"]
@@ -249,7 +250,7 @@ def test_combiner_stack_outputs_probabilities():
 
 # ----------------------------------------------------------------------------- nested_oof
 def nested_cfg(method):
-    return {"max_corr": 1.0, "method": method, "weight_step": 0.1}  # max_corr 1: no member dropped
+    return Ensemble(max_corr=1.0, method=method, weight_step=0.1, guard=False)  # max_corr 1: no member dropped
 
 
 def test_nested_oof_fits_each_fold_without_its_rows():
@@ -360,10 +361,11 @@ class Project:
 
 
 def params(**ens):
+    """(ensemble section, folds, seed): the arguments of ensemble.run before the layout."""
     cfg = {"members": list(FAMILIES), "use_tta": True, "fold_agg": "mean", "max_corr": 0.97, "method": "mean",
-           "weight_step": 0.1}
+           "weight_step": 0.1, "guard": False}
     cfg.update(ens)
-    return {"seed": 0, "cv": {"folds": list(FOLDS)}, "ensemble": cfg}
+    return Ensemble(**cfg), list(FOLDS), 0
 
 
 @pytest.fixture
@@ -378,7 +380,7 @@ def proj(tmp_path):
 
 
 def test_run_mean_submission_and_scores(proj):
-    result, sub, per_class = ensemble.run(params(), proj.layout)
+    result, sub, per_class = ensemble.run(*params(), proj.layout)
     assert list(sub.columns) == ["fname"] + CLASSES
     assert sub["fname"].tolist() == proj.test_fn
     assert len(sub) == N_TEST
@@ -417,7 +419,7 @@ def test_run_mean_submission_and_scores(proj):
 
 def test_run_drops_an_exact_copy(proj):
     proj.write("retrain", proj.oof["preds"]["finetune"].copy(), [t.copy() for t in proj.test["preds"]["finetune"]])
-    result, sub, _ = ensemble.run(params(), proj.layout)
+    result, sub, _ = ensemble.run(*params(), proj.layout)
     assert "retrain" not in result["kept"]
     assert result["dropped"] == {"retrain": {"correlated_with": "finetune", "r": 1.0}}
     assert result["members"]["retrain"]["kept"] is False
@@ -430,12 +432,12 @@ def test_run_drops_an_exact_copy(proj):
     np.testing.assert_allclose(sub[CLASSES].to_numpy(),
                                np.mean([proj.test_mean("finetune"), proj.test_mean("baseline")], axis=0), atol=1e-12)
     # max_corr 1 keeps the copy
-    result, _, _ = ensemble.run(params(max_corr=1.0), proj.layout)
+    result, _, _ = ensemble.run(*params(max_corr=1.0), proj.layout)
     assert set(result["kept"]) == set(FAMILIES)
 
 
 def test_run_weighted_reports_nested_and_in_sample(proj):
-    result, sub, _ = ensemble.run(params(method="weighted"), proj.layout)
+    result, sub, _ = ensemble.run(*params(method="weighted"), proj.layout)
     kept = result["kept"]
     assert list(result["weights"]) == kept
     w = np.array([result["weights"][m] for m in kept])
@@ -459,7 +461,7 @@ def test_run_weighted_reports_nested_and_in_sample(proj):
 
 
 def test_run_stack(proj):
-    result, sub, _ = ensemble.run(params(method="stack"), proj.layout)
+    result, sub, _ = ensemble.run(*params(method="stack"), proj.layout)
     vals = sub[CLASSES].to_numpy()
     assert ((vals > 0) & (vals < 1)).all()
     assert {"lwlrap", "lwlrap_in_sample", "test_lwlrap"} <= set(result)
@@ -468,7 +470,7 @@ def test_run_stack(proj):
 
 
 def test_run_use_tta_false_reads_the_plain_predictions(proj):
-    result, sub, _ = ensemble.run(params(use_tta=False), proj.layout)
+    result, sub, _ = ensemble.run(*params(use_tta=False), proj.layout)
     assert result["use_tta"] is False
     plain = proj.oof["models"]
     for m in FAMILIES:
@@ -478,13 +480,13 @@ def test_run_use_tta_false_reads_the_plain_predictions(proj):
     assert result["lwlrap"] == pytest.approx(metrics.lwlrap(proj.truth, kept_mean), abs=1e-6)
     np.testing.assert_allclose(sub[CLASSES].to_numpy(),
                                np.mean([proj.test_mean(m, "models") for m in result["kept"]], axis=0), atol=1e-12)
-    tta, _, _ = ensemble.run(params(use_tta=True), proj.layout)
+    tta, _, _ = ensemble.run(*params(use_tta=True), proj.layout)
     assert tta["kept"][0] == "finetune"
     assert tta["members"]["baseline"]["oof_lwlrap"] != result["members"]["baseline"]["oof_lwlrap"]
 
 
 def test_run_geomean_over_folds(proj):
-    _, sub, _ = ensemble.run(params(fold_agg="geomean", members=["finetune"]), proj.layout)
+    _, sub, _ = ensemble.run(*params(fold_agg="geomean", members=["finetune"]), proj.layout)
     t = np.stack(proj.test["preds"]["finetune"])
     want = np.exp(np.log(np.clip(t, 1e-9, 1)).mean(axis=0))
     np.testing.assert_allclose(sub[CLASSES].to_numpy(), want, atol=1e-12)
@@ -496,9 +498,9 @@ def test_run_mismatched_test_clips_across_folds_raise(proj):
     df["fname"] = df["fname"].iloc[::-1].to_numpy()  # same clips, other order
     df.to_csv(fold1, index=False)
     with pytest.raises(ValueError, match="test clips differ"):
-        ensemble.run(params(), proj.layout)
+        ensemble.run(*params(), proj.layout)
     # the plain predictions are untouched
-    ensemble.run(params(use_tta=False), proj.layout)
+    ensemble.run(*params(use_tta=False), proj.layout)
 
 
 def test_run_members_with_different_test_clips_raise(proj):
@@ -506,14 +508,14 @@ def test_run_members_with_different_test_clips_raise(proj):
     for k in FOLDS:
         save_predictions(proj.layout.preds("retrain", k) / "test.csv", other, proj.test["preds"]["retrain"][k], CLASSES)
     with pytest.raises(ValueError, match="retrain"):
-        ensemble.run(params(), proj.layout)
+        ensemble.run(*params(), proj.layout)
 
 
 def test_run_without_test_labels_has_no_test_score(tmp_path):
     p = Project(tmp_path, seed=3, test_labels=False)
     for fam, q in (("baseline", 0.12), ("finetune", 0.3), ("retrain", 0.2)):
         p.write(fam, p.scores(q), p.test_scores(q))
-    result, sub, _ = ensemble.run(params(), p.layout)
+    result, sub, _ = ensemble.run(*params(), p.layout)
     assert "test_lwlrap" not in result
     assert all("test_lwlrap" not in v for v in result["members"].values())
     assert sub["fname"].tolist() == p.test_fn
@@ -546,7 +548,7 @@ def test_nested_score_redoes_member_selection_without_each_fold(proj):
     """A member that is a near-copy of the best one is dropped on the full data; the nested score
     must come from selections made without each fold, not from the full-data selection."""
     p = params(max_corr=-1.0)  # every member correlates above -1: only the best survives a selection
-    result, _, _ = ensemble.run(p, proj.layout)
+    result, _, _ = ensemble.run(*p, proj.layout)
     assert len(result["kept"]) == 1
     oof = proj.oof["preds"]
     folds = proj.fold_of
@@ -559,7 +561,7 @@ def test_nested_score_redoes_member_selection_without_each_fold(proj):
 
 
 def test_run_reports_oof_lwlrap_per_member_and_fold(proj):
-    result, _, _ = ensemble.run(params(), proj.layout)
+    result, _, _ = ensemble.run(*params(), proj.layout)
     oof = proj.oof["preds"]
     assert set(result["folds"]) == {f"fold{k}" for k in FOLDS}
     for k in FOLDS:

@@ -15,6 +15,7 @@ from fat.data import audio
 from fat.features import extract, logmel
 from fat.data.audio import AudioError
 from fat.features.store import FeatureStore
+from fat.params import Audio, Features
 
 
 def _reference(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax):
@@ -177,24 +178,18 @@ def test_log_mel_matches_librosa_for_float64_input():
     assert np.abs(logmel.log_mel(y, sr, **kw) - _reference(y, sr, **kw)).max() <= 1e-3
 
 
-def test_feature_kwargs():
-    kw = extract.feature_kwargs(
-        {"sample_rate": 22050}, {"n_fft": 1024, "hop_length": 512, "n_mels": 64, "fmin": 20, "fmax": None}
-    )
+def test_log_mel_kwargs_from_the_audio_and_features_sections():
+    kw = Features(n_fft=1024, hop_length=512, n_mels=64, fmin=20, fmax=None).log_mel_kwargs(Audio(sample_rate=22050))
     assert kw == dict(sr=22050, n_fft=1024, hop_length=512, n_mels=64, fmin=20.0, fmax=11025.0)
     assert isinstance(kw["sr"], int) and isinstance(kw["fmin"], float) and isinstance(kw["fmax"], float)
-    kw2 = extract.feature_kwargs(
-        {"sample_rate": "44100"}, {"n_fft": 2048, "hop_length": 512, "n_mels": 128, "fmin": 0, "fmax": 16000}
-    )
+    kw2 = Features(n_fft=2048, hop_length=512, n_mels=128, fmin=0, fmax=16000).log_mel_kwargs(Audio(sample_rate=44100))
     assert kw2["sr"] == 44100 and kw2["fmax"] == 16000.0
-    kw3 = extract.feature_kwargs({"sample_rate": 16000}, {"n_fft": 512, "hop_length": 160, "n_mels": 40, "fmin": 0})
+    kw3 = Features(n_fft=512, hop_length=160, n_mels=40, fmin=0).log_mel_kwargs(Audio(sample_rate=16000))
     assert kw3["fmax"] == 8000.0  # absent fmax behaves like null
 
 
 # ----------------------------------------------------------------------------- store fixtures
-KW = extract.feature_kwargs(
-    {"sample_rate": 22050}, {"n_fft": 1024, "hop_length": 512, "n_mels": 64, "fmin": 20.0, "fmax": None}
-)
+KW = Features(n_fft=1024, hop_length=512, n_mels=64, fmin=20.0, fmax=None).log_mel_kwargs(Audio(sample_rate=22050))
 
 
 @pytest.fixture(scope="module")

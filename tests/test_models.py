@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from fat.params import Model
 from fat.training import models
 
 N_MELS = 16
@@ -45,7 +46,7 @@ def _warm_batchnorm(model, n_mels=N_MELS, t=24, seed=1):
 @pytest.mark.parametrize("channels", [["mel"], ["mel", "delta"], ["mel", "delta", "delta2", "mfcc"], ["mfcc"]])
 def test_build_gives_one_logit_per_class_for_any_length(length, channels):
     torch.manual_seed(0)
-    model = models.build({**TINY, "channels": channels}, n_classes=5, n_mels=N_MELS).eval()
+    model = models.build(Model(**{**TINY, "channels": channels}), n_classes=5, n_mels=N_MELS).eval()
     assert model.front.channels == channels
     assert model.front.norm.num_features == len(channels)
     with torch.no_grad():
@@ -68,7 +69,7 @@ def test_audiocnn_batch_items_are_independent_in_eval():
 
 
 def test_build_defaults_to_mel_channel():
-    model = models.build({"base_channels": 4, "n_blocks": 2}, n_classes=3, n_mels=N_MELS)
+    model = models.build(Model(**{"base_channels": 4, "n_blocks": 2}), n_classes=3, n_mels=N_MELS)
     assert model.front.channels == ["mel"]
     assert isinstance(model.head[-1], nn.Linear) and model.head[-1].out_features == 3
     assert model.head[0].p == pytest.approx(0.3)
@@ -142,7 +143,7 @@ def test_unknown_or_empty_channels_raise(channels):
     with pytest.raises(ValueError, match="channels"):
         models.FrontEnd(channels, N_MELS)
     with pytest.raises(ValueError):
-        models.build({**TINY, "channels": channels}, n_classes=3, n_mels=N_MELS)
+        models.build(Model(**{**TINY, "channels": channels}), n_classes=3, n_mels=N_MELS)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -151,11 +152,11 @@ def test_unknown_or_empty_channels_raise(channels):
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     torch.manual_seed(0)
     cfg = {**TINY, "channels": ["mel", "delta2", "mfcc"]}
-    model = models.build(cfg, n_classes=6, n_mels=N_MELS)
+    model = models.build(Model(**cfg), n_classes=6, n_mels=N_MELS)
     _warm_batchnorm(model)
     path = tmp_path / "sub" / "model.pt"
     classes = [f"c{i}" for i in range(6)]
-    models.save(path, model, cfg, classes, N_MELS, extra={"fold": 3})
+    models.save(path, model, Model(**cfg), classes, N_MELS, extra={"fold": 3})
     assert path.is_file()
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp files left behind
 
@@ -172,13 +173,13 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
 
 def test_load_backbone_copies_everything_but_the_classifier(tmp_path):
     torch.manual_seed(0)
-    src = models.build(TINY, n_classes=7, n_mels=N_MELS)
+    src = models.build(Model(**TINY), n_classes=7, n_mels=N_MELS)
     _warm_batchnorm(src)
     path = tmp_path / "src.pt"
-    models.save(path, src, TINY, [f"s{i}" for i in range(7)], N_MELS)
+    models.save(path, src, Model(**TINY), [f"s{i}" for i in range(7)], N_MELS)
 
     torch.manual_seed(1)
-    dst = models.build(TINY, n_classes=3, n_mels=N_MELS)
+    dst = models.build(Model(**TINY), n_classes=3, n_mels=N_MELS)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
     models.load_backbone(dst, path)
 
@@ -210,10 +211,10 @@ def test_load_backbone_copies_everything_but_the_classifier(tmp_path):
     ],
 )
 def test_load_backbone_rejects_architecture_mismatch(tmp_path, other):
-    src = models.build(other, n_classes=3, n_mels=N_MELS)
+    src = models.build(Model(**other), n_classes=3, n_mels=N_MELS)
     path = tmp_path / "src.pt"
-    models.save(path, src, other, ["a", "b", "c"], N_MELS)
-    dst = models.build(TINY, n_classes=3, n_mels=N_MELS)
+    models.save(path, src, Model(**other), ["a", "b", "c"], N_MELS)
+    dst = models.build(Model(**TINY), n_classes=3, n_mels=N_MELS)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
     with pytest.raises(ValueError, match="architecture"):
         models.load_backbone(dst, path)

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 import textwrap
 
 import pytest
 import yaml
 
 import fat.params as P
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PARAMS_TEXT = textwrap.dedent(
     """\
@@ -44,8 +47,8 @@ def presets_dir(tmp_path, monkeypatch):
     (d / "tiny.yaml").write_text(
         "# tiny profile\n"
         "cv:\n  n_folds: 3\n  folds: [0, 1, 2]\n"
-        "train:\n  epochs: 2\n  new_knob: hello\n"
-        "extra:\n  a: 1\n"
+        "train:\n  epochs: 2\n  eval_every: 3\n"
+        "report:\n  short_s: 1.0\n"
     )
     (d / "fast.yaml").write_text("train:\n  lr: 0.01\n")
     (d / "empty.yaml").write_text("# nothing\n")
@@ -60,9 +63,10 @@ def presets_dir(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 def test_load_returns_mapping(params_file):
     params = P.load(params_file)
-    assert params["seed"] == 2019
-    assert params["cv"] == {"n_folds": 5, "folds": [0, 1, 2, 3, 4]}
-    assert params["train"]["lr"] == 0.002
+    assert params.seed == 2019
+    assert params.cv == P.CV(n_folds=5, folds=(0, 1, 2, 3, 4))
+    assert params.train.lr == 0.002 and params.train.epochs == 16
+    assert params.model == P.Model()  # sections left out: the defaults
     assert P.load(str(params_file)) == params
 
 
@@ -104,21 +108,20 @@ def test_load_rejects_inconsistent_folds(tmp_path):
 )
 def test_check_folds_rejects_mismatch(cv):
     with pytest.raises(ValueError, match="cv.folds must be"):
-        P.check_folds({"cv": cv}, "p.yaml")
+        P.Params.build({"cv": cv}, "p.yaml")
 
 
 @pytest.mark.parametrize(
     "params",
     [
         {"cv": {"n_folds": 3, "folds": [0, 1, 2]}},
-        {"cv": {"n_folds": "4", "folds": [0, 1, 2, 3]}},
-        {"cv": {"n_folds": 3}},  # nothing to compare against
-        {"cv": {"folds": [7]}},
+        {"cv": {"n_folds": 4.0, "folds": [0, 1, 2, 3]}},
+        {"cv": {"n_folds": 3}},  # the default folds [0, 1, 2]
         {"seed": 1},
     ],
 )
 def test_check_folds_accepts(params):
-    P.check_folds(params)  # no exception
+    P.Params.build(params)  # no exception
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,16 +217,23 @@ def test_apply_preset_merges_and_keeps_comments(presets_dir, params_file):
     on_disk = yaml.safe_load(text)
     assert merged == on_disk
     assert on_disk["cv"] == {"n_folds": 3, "folds": [0, 1, 2]}
-    assert on_disk["train"] == {"batch_size": 32, "epochs": 2, "lr": 0.002, "new_knob": "hello"}
+    assert on_disk["train"] == {"batch_size": 32, "epochs": 2, "lr": 0.002, "eval_every": 3}
     assert on_disk["data"] == {"source": "synthetic", "n_jobs": 0}
     assert on_disk["seed"] == 2019
-    assert on_disk["extra"] == {"a": 1}
+    assert on_disk["report"] == {"short_s": 1.0}
     # existing key order kept, new sections appended
-    assert list(on_disk) == ["seed", "data", "cv", "train", "extra"]
-    assert list(on_disk["train"]) == ["batch_size", "epochs", "lr", "new_knob"]
+    assert list(on_disk) == ["seed", "data", "cv", "train", "report"]
+    assert list(on_disk["train"]) == ["batch_size", "epochs", "lr", "eval_every"]
     # the result is what merge() would give, and load() accepts it
     assert merged == P.merge(yaml.safe_load(PARAMS_TEXT), P.load_preset("tiny"))
-    assert P.load(params_file) == merged
+    assert P.load(params_file) == P.Params.build(merged)
+
+
+def test_a_preset_with_an_unknown_key_is_refused_and_the_file_untouched(presets_dir, params_file):
+    (presets_dir / "typo.yaml").write_text("train:\n  epoch: 2\n")
+    with pytest.raises(ValueError, match=r"train\.epoch is not a setting"):
+        P.apply_preset("typo", params_file)
+    assert params_file.read_text() == PARAMS_TEXT
     assert sorted(p.name for p in params_file.parent.iterdir()) == ["params.yaml", "presets"]
 
 
@@ -252,3 +262,84 @@ def test_rejected_preset_leaves_no_temp_file(presets_dir, params_file):
     with pytest.raises(ValueError):
         P.apply_preset("broken_folds", params_file)
     assert sorted(p.name for p in params_file.parent.iterdir()) == ["params.yaml", "presets"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the schema: types, ranges, unknown keys, family overrides
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("section, key, value, message", [
+    ("mixup", "alpha", -0.4, r"mixup\.alpha must be >= 0 \(0 disables mixup\), got -0\.4"),
+    ("mixup", "alpha", float("nan"), r"mixup\.alpha must be finite"),
+    ("mixup", "alpha", 'lots', r"mixup\.alpha must be a number, got 'lots'"),
+    ("train", "epochs", 0, r"train\.epochs must be a whole number >= 1, got 0"),
+    ("train", "epochs", 2.5, r"train\.epochs must be a whole number >= 1, got 2\.5"),
+    ("train", "batch_size", True, r"train\.batch_size must be a whole number >= 1"),
+    ("train", "epochs", '2.0', r"train\.epochs must be a whole number >= 1, got '2\.0'"),
+    ("augment", "time_masks", 1.5, r"augment\.time_masks must be a whole number >= 0, got 1\.5"),
+    ("train", "lr", 0, r"train\.lr must be > 0, got 0"),
+    ("train", "weight_decay", -0.0001, r"train\.weight_decay must be >= 0"),
+    ("train", "warmup", 1.0, r"train\.warmup must be between 0 and 1 \(exclusive\), got 1\.0"),
+    ("augment", "p", 1.5, r"augment\.p must be between 0 and 1, got 1\.5"),
+    ("augment", "time_frac", -0.1, r"augment\.time_frac must be between 0 and 1"),
+    ("augment", "freq_masks", -1, r"augment\.freq_masks must be a whole number >= 0, got -1"),
+    ("pretrain", "epochs", 0, r"pretrain\.epochs must be a whole number >= 1, got 0"),
+    ("tta", "masked", -1, r"tta\.masked must be a whole number >= 0, got -1"),
+    ("data", "on_bad_audio", "ignore", r"data\.on_bad_audio must be one of \['error', 'skip'\], got 'ignore'"),
+    ("model", "channels", ["mel", "chroma"], r"model\.channels\[1\] must be one of"),
+    ("ensemble", "members", [], r"ensemble\.members must be a non-empty list"),
+    ("pseudo", "agree", "yes", r"pseudo\.agree must be true or false, got 'yes'"),
+])
+def test_a_wrong_type_or_range_names_the_key(section, key, value, message):
+    """A typo in `dvc exp run -S …` stops the stage naming the key (a negative mixup.alpha used to
+    train without mixup)."""
+    with pytest.raises(P.ParamsError, match=message):
+        P.Params.build({section: {key: value}})
+
+
+def test_sections_check_their_values_when_built_directly_too():
+    with pytest.raises(P.ParamsError, match=r"train\.lr must be > 0"):
+        P.Train(lr=0)
+    assert P.Train(epochs=3.0).epochs == 3 and isinstance(P.Train(epochs=3.0).epochs, int)
+    assert P.Mixup(alpha=0).alpha == 0.0 and isinstance(P.Mixup(alpha=0).alpha, float)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"extra": {"a": 1}}, r"unknown section 'extra'"),
+    ({"train": {"epoch": 3}}, r"train\.epoch is not a setting"),
+    ({"finetune": {"epoch": 3}}, r"finetune\.epoch is not a setting; a family section may override"),
+    ({"baseline": {"init": "scratch"}}, r"baseline\.init is not a setting"),
+    ({"synth": {"noisy": {"snr": [0, 1]}}}, r"synth\.noisy\.snr is not a setting"),
+])
+def test_unknown_sections_and_keys_are_refused(params, message):
+    with pytest.raises(P.ParamsError, match=message):
+        P.Params.build(params)
+
+
+def test_defaults_are_the_shipped_params_yaml():
+    """Every default lives in the section classes and equals params.yaml's value: a params file
+    without a key means what the shipped file says (augment.p is 0.5, not the 0 of old code)."""
+    shipped = P.load(ROOT / "params.yaml")
+    assert shipped == P.Params()
+    assert P.Params().augment.p == 0.5 and P.Params().data.max_seconds == 60.0
+
+
+def test_family_sections_override_train_settings():
+    p = P.Params.build({"train": {"epochs": 16, "lr": 0.002}, "pretrain": {"epochs": 8, "lr": 0.01},
+                        "retrain": {"init": "scratch", "epochs": 3}, "baseline": None})
+    assert (p.train_for("pretrain").epochs, p.train_for("pretrain").lr) == (8, 0.01)
+    assert p.train_for("baseline") == p.train and p.train_for("finetune") == p.train
+    assert p.train_for("retrain").epochs == 3 and p.retrain.init == "scratch"
+    with pytest.raises(P.ParamsError, match=r"retrain\.init must be one of \['pretrain', 'scratch'\]"):
+        P.Params.build({"retrain": {"init": "finetune"}})
+
+
+def test_presets_give_valid_params():
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name in P.preset_names():
+        p = P.Params.build(P.merge(base, P.load_preset(name)))
+        assert list(p.cv.folds) == list(range(p.cv.n_folds))
+
+
+def test_a_partial_synth_split_keeps_the_other_defaults():
+    p = P.Params.build({"synth": {"noisy": {"n_clips": 10}}})
+    assert p.synth.noisy.n_clips == 10 and p.synth.noisy.snr_db == (0.0, 15.0)

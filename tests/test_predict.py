@@ -1,6 +1,7 @@
 """Tests for fat/evaluation/predict.py: window layout, clip-level prediction and test-time augmentation."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from fat.evaluation import predict
 from fat.training import models
+from fat.params import Model, Tta
 from fat.training.augment import fit_length
 from fat.features.extract import build_store
 from fat.features.store import FeatureStore
@@ -20,7 +22,7 @@ LENGTH = 16
 CPU = torch.device("cpu")
 # clip lengths in frames: tiled (short), several windows with a ragged last one, long
 LENGTHS = [7, 40, 33, 3, 50, 21]
-TTA = {"beta": 0.5, "overlap_step": 0.5, "shifts": [0.0, 0.5], "masked": 1}
+TTA = Tta(beta=0.5, overlap_step=0.5, shifts=(0.0, 0.5), masked=1)
 MASK = {"freq_masks": 1, "freq_frac": 0.1, "time_masks": 1, "time_frac": 0.1}
 
 
@@ -54,7 +56,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = models.build({"base_channels": 4, "n_blocks": 2, "channels": ["mel", "delta"]}, n_classes=3,
+    m = models.build(Model(**{"base_channels": 4, "n_blocks": 2, "channels": ["mel", "delta"]}), n_classes=3,
                      n_mels=N_MELS)
     m.train()  # give BatchNorm non-default running statistics
     with torch.no_grad():
@@ -205,7 +207,7 @@ def test_tta_views_layout():
 
 def test_predict_tta_beta_one_returns_plain(model, store):
     rows = np.arange(len(store))
-    plain, tta = predict.predict_tta(model, store, rows, LENGTH, {**TTA, "beta": 1.0}, MASK, device=CPU, seed=0)
+    plain, tta = predict.predict_tta(model, store, rows, LENGTH, dataclasses.replace(TTA, beta=1.0), MASK, device=CPU, seed=0)
     np.testing.assert_array_equal(tta, plain)
     np.testing.assert_allclose(plain, predict.predict_plain(model, store, rows, LENGTH, device=CPU), rtol=1e-6)
 
@@ -213,13 +215,13 @@ def test_predict_tta_beta_one_returns_plain(model, store):
 def test_predict_tta_blends_plain_with_mean_of_views(model, store):
     rows = np.arange(len(store))
     plain, tta = predict.predict_tta(model, store, rows, LENGTH, TTA, MASK, device=CPU, seed=3, batch_size=5)
-    _, views_only = predict.predict_tta(model, store, rows, LENGTH, {**TTA, "beta": 0.0}, MASK, device=CPU, seed=3,
+    _, views_only = predict.predict_tta(model, store, rows, LENGTH, dataclasses.replace(TTA, beta=0.0), MASK, device=CPU, seed=3,
                                         batch_size=5)
     np.testing.assert_allclose(tta, 0.5 * plain + 0.5 * views_only, rtol=1e-12, atol=1e-12)
     assert not np.allclose(tta, plain)
 
     # the unmasked views, computed by hand: overlapping windows (step 8) at phases 0 and 4
-    _, unmasked = predict.predict_tta(model, store, rows, LENGTH, {**TTA, "beta": 0.0, "masked": 0}, MASK,
+    _, unmasked = predict.predict_tta(model, store, rows, LENGTH, dataclasses.replace(TTA, beta=0.0, masked=0), MASK,
                                       device=CPU, seed=3)
     v0, _ = hand_predict(model, store, rows, LENGTH, 8, 0)
     v1, _ = hand_predict(model, store, rows, LENGTH, 8, 4)
@@ -234,7 +236,7 @@ def test_predict_tta_is_deterministic_for_seed(model, store):
     rows = np.arange(len(store))
     a = predict.predict_tta(model, store, rows, LENGTH, TTA, MASK, device=CPU, seed=11, batch_size=4)
     b = predict.predict_tta(model, store, rows, LENGTH, TTA, MASK, device=CPU, seed=11, batch_size=4)
-    c = predict.predict_tta(model, store, rows, LENGTH, {**TTA, "masked": 2}, {**MASK, "freq_frac": 0.5,
+    c = predict.predict_tta(model, store, rows, LENGTH, dataclasses.replace(TTA, masked=2), {**MASK, "freq_frac": 0.5,
                             "time_frac": 0.5}, device=CPU, seed=12, batch_size=4)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
@@ -243,7 +245,7 @@ def test_predict_tta_is_deterministic_for_seed(model, store):
 
 
 def test_predict_tta_without_views_returns_plain(model, store):
-    plain, tta = predict.predict_tta(model, store, [0, 1], LENGTH, {**TTA, "shifts": [], "masked": 0}, MASK,
+    plain, tta = predict.predict_tta(model, store, [0, 1], LENGTH, dataclasses.replace(TTA, shifts=[], masked=0), MASK,
                                      device=CPU, seed=0)
     np.testing.assert_array_equal(plain, tta)
 
@@ -255,7 +257,7 @@ def test_predict_tta_with_clip_of_exactly_window_length(tmp_path, model):
     st = write_store(tmp_path / "feat", [make_clip(rng, n) for n in (LENGTH, 40)])
     plain, tta = predict.predict_tta(model, st, [0, 1], LENGTH, TTA, MASK, device=CPU, seed=0)
     assert np.isfinite(tta).all()
-    _, unmasked = predict.predict_tta(model, st, [0, 1], LENGTH, {**TTA, "beta": 0.0, "masked": 0}, MASK,
+    _, unmasked = predict.predict_tta(model, st, [0, 1], LENGTH, dataclasses.replace(TTA, beta=0.0, masked=0), MASK,
                                       device=CPU, seed=0)
     v0, _ = hand_predict(model, st, [0, 1], LENGTH, 8, 0)
     v1, _ = hand_predict(model, st, [0, 1], LENGTH, 8, 4)  # the exact-length clip: one window tiled at phase 4

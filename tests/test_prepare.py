@@ -13,7 +13,16 @@ import soundfile as sf
 
 from fat.data import corrections, sources, validate
 from fat.data import tables as data
-from fat.data.prepare import import_directory, prepare, validate_layout
+from fat.data.prepare import import_directory, validate_layout
+from fat.data.prepare import prepare as _prepare
+from fat.params import Data, Synth
+
+
+def prepare(source, out, synth_cfg=None, seed=0, n_jobs=0, cfg=None):
+    """fat.data.prepare.prepare with params' data section built from `source`, `n_jobs`, `cfg`."""
+    data_cfg = Data(**{**(cfg or {}), "source": source, "n_jobs": n_jobs})
+    return _prepare(data_cfg, Synth(**synth_cfg) if synth_cfg else Synth(), seed=seed, out_dir=out)
+
 
 CLASSES = ["Meow", "Bark", "Rain"]
 SR = 44100
@@ -192,7 +201,7 @@ def test_skip_policy_cannot_skip_test_clips(tmp_path):
 
 
 def test_unknown_policy_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="on_bad_audio.*'ignore'"):
+    with pytest.raises(ValueError, match=r"data\.on_bad_audio must be one of \['error', 'skip'\], got 'ignore'"):
         prepare(str(kaggle(tmp_path / "src")), tmp_path / "raw", synth_cfg={}, seed=0, cfg={"on_bad_audio": "ignore"})
 
 

@@ -10,6 +10,7 @@ import torch
 from fat.data import synth
 from fat.data import tables as data
 from fat.features import extract
+from fat.params import Audio, Features, Model, Pseudo, Synth
 from fat.training import models, pseudo
 from fat.layout import Layout
 
@@ -44,7 +45,7 @@ def cfg(**over):
     base = {"label_threshold": 0.5, "top_k": 2, "min_confidence": 0.6, "agree": True, "targets": "hard",
             "temperature": 0.5, "max_clips": 0}
     base.update(over)
-    return base
+    return Pseudo(**base)
 
 
 # ----------------------------------------------------------------------------- predicted_labels
@@ -187,8 +188,8 @@ def test_max_clips_applies_after_the_filters():
     np.testing.assert_array_equal(idx, [0, 4])
 
 
-@pytest.mark.parametrize("cap", [0, None, 5, 100])
-def test_max_clips_zero_none_or_large_is_no_cap(cap):
+@pytest.mark.parametrize("cap", [0, 5, 100])
+def test_max_clips_zero_or_large_is_no_cap(cap):
     c = cfg(agree=False, min_confidence=0.0, max_clips=cap)
     idx, _ = pseudo.select(PROBS, NOISY, c)
     np.testing.assert_array_equal(idx, np.arange(5))
@@ -293,7 +294,7 @@ FOLD_PROBS = {0: [0.9, 0.7, 0.2, 0.1], 1: [0.1, 0.2, 0.95, 0.3]}
 def fixed_model(probs, n_mels):
     """A model whose every output is logit(probs) whatever the input."""
     torch.manual_seed(0)
-    m = models.build(MODEL_CFG, n_classes=len(probs), n_mels=n_mels)
+    m = models.build(Model(**MODEL_CFG), n_classes=len(probs), n_mels=n_mels)
     p = torch.tensor(probs, dtype=torch.float32)
     with torch.no_grad():
         m.head[4].weight.zero_()
@@ -305,9 +306,9 @@ def fixed_model(probs, n_mels):
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("pseudo_project")
     layout = Layout(root=root)
-    synth.generate(layout.raw, SYNTH_CFG, seed=5, n_jobs=1)
+    synth.generate(layout.raw, Synth(**SYNTH_CFG), seed=5, n_jobs=1)
     classes = data.vocabulary(layout.raw)
-    kw = extract.feature_kwargs({"sample_rate": 16000}, FEAT_CFG)
+    kw = Features(**FEAT_CFG).log_mel_kwargs(Audio(sample_rate=16000))
     noisy = data.split_table(layout.raw, "noisy")
     d = data.audio_dir(layout.raw, "noisy")
     extract.build_store([d / f for f in noisy["fname"]], noisy["fname"].tolist(), layout.features("noisy"), kw,
@@ -318,7 +319,7 @@ def project(tmp_path_factory):
 
 
 def write_fold_model(layout, fold, classes, probs):
-    models.save(layout.member("finetune", fold) / "model.pt", fixed_model(probs, FEAT_CFG["n_mels"]), MODEL_CFG,
+    models.save(layout.member("finetune", fold) / "model.pt", fixed_model(probs, FEAT_CFG["n_mels"]), Model(**MODEL_CFG),
                 classes, FEAT_CFG["n_mels"], extra={"crop_frames": 16})
 
 
@@ -333,7 +334,7 @@ def expected_from_noisy(layout, classes, fold_probs, c):
     noisy = data.split_table(layout.raw, "noisy")
     p = np.asarray(fold_probs)
     order = np.argsort(-p)
-    predicted = {classes[i] for r, i in enumerate(order) if r == 0 or (p[i] >= c["label_threshold"] and r < c["top_k"])}
+    predicted = {classes[i] for r, i in enumerate(order) if r == 0 or (p[i] >= c.label_threshold and r < c.top_k)}
     rows, fnames = [], []
     for fname, labs in zip(noisy["fname"], noisy["labels"]):
         agree = predicted & set(data.split_labels(labs))
@@ -348,7 +349,7 @@ def test_label_fold_writes_the_selected_noisy_clips(project):
     write_fold_model(layout, 0, classes, FOLD_PROBS[0])
     corrupt_fold_model(layout, 1)  # fold 1's model must never be read when labelling fold 0
     c = cfg(agree=True, min_confidence=0.6, targets="hard")
-    rep = pseudo.label_fold(0, {"pseudo": c}, layout)
+    rep = pseudo.label_fold(0, c, layout)
 
     noisy, fnames, rows = expected_from_noisy(layout, classes, FOLD_PROBS[0], c)
     assert 0 < len(fnames) < len(noisy), "fixture should keep some noisy clips and drop others"
@@ -372,7 +373,7 @@ def test_label_fold_uses_only_its_own_fold_model(project):
     write_fold_model(layout, 1, classes, FOLD_PROBS[1])
     corrupt_fold_model(layout, 0)
     c = cfg(agree=False, min_confidence=0.6, targets="soft", temperature=0.5)
-    rep = pseudo.label_fold(1, {"pseudo": c}, layout)
+    rep = pseudo.label_fold(1, c, layout)
     noisy = data.split_table(layout.raw, "noisy")
     out = pd.read_csv(layout.pseudo(1) / "labels.csv", dtype={"fname": str})
     # every clip's top probability (.95 from the fold-1 model) clears min_confidence

@@ -13,9 +13,10 @@ from scipy.spatial.distance import jensenshannon
 
 from fat.data import audio, report
 from fat.evaluation import plots
+from fat.params import Report
 
 CLASSES = ["a", "b", "c"]
-CFG = {"silence_dbfs": -60.0, "short_s": 0.5}
+CFG = Report(silence_dbfs=-60.0, short_s=0.5)
 # split -> [(fname, labels, sample rate, channels, seconds, silent)]
 CLIPS = {
     "curated": [("c1.wav", "a", 16000, 1, 1.0, False), ("c2.wav", "a,b", 44100, 2, 0.25, False),
@@ -85,7 +86,7 @@ def test_flagged_clips_name_the_silent_and_short_ones(raw):
     assert flagged[["split", "fname", "problem"]].values.tolist() == [["curated", "c3.wav", "silent"],
                                                                       ["curated", "c2.wav", "short"]]
     assert flagged.set_index("fname").loc["c3.wav", "peak_dbfs"] < -100
-    stricter = report.build(raw, {"silence_dbfs": -60.0, "short_s": 1.01}, n_jobs=1)["flagged"]
+    stricter = report.build(raw, Report(silence_dbfs=-60.0, short_s=1.01), n_jobs=1)["flagged"]
     assert set(stricter.loc[stricter["problem"] == "short", "fname"]) == {"c1.wav", "c2.wav", "c3.wav", "t1.wav",
                                                                           "t2.wav"}
 
@@ -119,7 +120,7 @@ def test_without_test_labels_and_with_worker_processes(tmp_path):
 
 def test_figures_are_written_as_pngs(raw, tmp_path):
     rep = report.build(raw, CFG, n_jobs=1)
-    figs = report.figures(rep, CFG["short_s"])
+    figs = report.figures(rep, CFG.short_s)
     assert set(figs) == {"class_counts", "label_shift", "labels_per_clip", "durations", "audio_formats"}
     for name, fig in figs.items():
         path = tmp_path / "out" / f"{name}.png"
@@ -128,5 +129,5 @@ def test_figures_are_written_as_pngs(raw, tmp_path):
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 300
         assert img[..., :3].std() > 0.05, f"{name}: a blank image"
     again = tmp_path / "again.png"
-    plots.save_png(report.figures(rep, CFG["short_s"])["durations"], again)
+    plots.save_png(report.figures(rep, CFG.short_s)["durations"], again)
     assert again.read_bytes() == (tmp_path / "out/durations.png").read_bytes()  # same data, same bytes

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from fat.data import synth
+from fat.params import Synth
 
 SR = 44100
 
@@ -42,7 +43,7 @@ def gen(tmp_path_factory):
     out = {}
     for key, seed, n_jobs in [("a", 1, 1), ("a_par", 1, 2), ("b", 2, 1)]:
         d = root / key
-        stats = synth.generate(d, TINY_CFG, seed=seed, n_jobs=n_jobs)
+        stats = synth.generate(d, Synth(**TINY_CFG), seed=seed, n_jobs=n_jobs)
         out[key] = (d, stats)
     return out
 
@@ -120,7 +121,7 @@ def test_class_names_out_of_range(n):
 def test_generate_rejects_bad_n_classes(tmp_path):
     cfg = {**TINY_CFG, "n_classes": len(synth.CLASS_MODELS) + 1}
     with pytest.raises(ValueError, match="n_classes"):
-        synth.generate(tmp_path / "raw", cfg, seed=0, n_jobs=1)
+        synth.generate(tmp_path / "raw", Synth(**cfg), seed=0, n_jobs=1)
 
 
 # ----------------------------------------------------------------------------- generate: layout
@@ -193,7 +194,7 @@ def test_generate_stats(gen):
 def test_generate_deterministic_across_runs(gen, tmp_path):
     a, _ = gen["a"]
     again = tmp_path / "again"
-    synth.generate(again, TINY_CFG, seed=1, n_jobs=1)
+    synth.generate(again, Synth(**TINY_CFG), seed=1, n_jobs=1)
     fa, fb = _all_files(a), _all_files(again)
     assert fa.keys() == fb.keys()
     diff = [k for k in fa if fa[k] != fb[k]]

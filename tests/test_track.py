@@ -11,6 +11,7 @@ import torch
 from fat.training import models, track
 from fat.training import loop as train
 from fat.features.store import FeatureStore
+from fat.params import Augment, Mixup, Model, Train
 
 
 def tiny_store(root, n_clips=12, n_mels=8, seed=0):
@@ -37,7 +38,7 @@ def read_tsv(path):
 def test_fit_calls_on_epoch_with_each_completed_record_and_curves_are_logged(tmp_path):
     store, y = tiny_store(tmp_path / "feat")
     torch.manual_seed(0)
-    model = models.build({"base_channels": 4, "n_blocks": 2, "dropout": 0.0, "channels": ["mel"]}, 2, 8)
+    model = models.build(Model(**{"base_channels": 4, "n_blocks": 2, "dropout": 0.0, "channels": ["mel"]}), 2, 8)
     data = train.CropDataset(store, np.arange(len(y)), y, 8, seed=0)
     seen = []
 
@@ -50,9 +51,9 @@ def test_fit_calls_on_epoch_with_each_completed_record_and_curves_are_logged(tmp
             seen.append(dict(rec))  # a copy of the record as it was when the hook ran
             log_curves(rec)
 
-        hist = train.fit(model, data, train_cfg={"epochs": 4, "batch_size": 4, "lr": 0.01, "eval_every": 2},
-                         mixup_alpha=0.0, augment_cfg={"p": 0.0, "freq_masks": 1, "freq_frac": 0.1, "time_masks": 1,
-                                                       "time_frac": 0.1},
+        hist = train.fit(model, data, train=Train(**{"epochs": 4, "batch_size": 4, "lr": 0.01, "eval_every": 2}),
+                         mixup=Mixup(alpha=0.0), augment=Augment(**{"p": 0.0, "freq_masks": 1, "freq_frac": 0.1, "time_masks": 1,
+                                                       "time_frac": 0.1}),
                          seed=0, device=torch.device("cpu"), validate=validate, on_epoch=on_epoch)
     assert seen == hist  # called once per epoch, in order, after the record was complete (val keys included)
     assert [("val_lwlrap" in r) for r in seen] == [False, True, False, True]

@@ -19,9 +19,8 @@ from fat.data import sources, synth, validate
 from fat.data import tables as data
 from fat.io import atomic_path
 from fat.log import progress
+from fat.params import Data, Synth
 
-POLICIES = ("error", "skip")
-DEFAULTS = {"on_bad_audio": "error", "corrections": None, "max_seconds": 60.0, "min_peak_dbfs": -80.0, "n_jobs": 0}
 
 
 def _link_or_copy(src: Path, dst: Path) -> str:
@@ -37,17 +36,15 @@ def _fail(root: Path, lines: list[str], hint: str = "") -> ValueError:
     return ValueError(f"data.source {root}: {len(lines)} problem(s):\n  " + "\n  ".join(lines) + hint)
 
 
-def import_directory(root: str | Path, out_dir: Path, cfg: dict | None = None) -> tuple[dict, pd.DataFrame]:
-    """Validate `root` and write it into `out_dir` in the data/raw layout. Returns (stats, the
-    quarantined files: split, fname, file, problem). Raises ValueError listing every problem."""
-    cfg = {**DEFAULTS, **(cfg or {})}
-    policy = str(cfg["on_bad_audio"])
-    if policy not in POLICIES:
-        raise ValueError(f"data.on_bad_audio: {policy!r} is not one of {list(POLICIES)}")
+def import_directory(root: str | Path, out_dir: Path, cfg: Data = Data()) -> tuple[dict, pd.DataFrame]:
+    """Validate `root` and write it into `out_dir` in the data/raw layout, under params' `data`
+    section (bad-audio policy, corrections, limits). Returns (stats, the quarantined files: split,
+    fname, file, problem). Raises ValueError listing every problem."""
+    policy = cfg.on_bad_audio
     root = Path(root).expanduser()
-    path = corr.resolve(cfg["corrections"])
-    report = validate.validate(root, max_seconds=float(cfg["max_seconds"]), min_peak_dbfs=float(cfg["min_peak_dbfs"]),
-                               n_jobs=int(cfg["n_jobs"]), corrections=None if path is None else corr.read(path))
+    path = corr.resolve(cfg.corrections)
+    report = validate.validate(root, max_seconds=cfg.max_seconds, min_peak_dbfs=cfg.min_peak_dbfs,
+                               n_jobs=cfg.n_jobs, corrections=None if path is None else corr.read(path))
     if report.errors or (policy == "error" and len(report.bad)):
         hint = ("\n(set data.on_bad_audio: skip to leave bad audio files out and list them in the quarantine report)"
                 if policy == "error" and len(report.bad) and not report.errors else "")
@@ -79,16 +76,15 @@ def import_directory(root: str | Path, out_dir: Path, cfg: dict | None = None) -
     return stats, bad
 
 
-def prepare(source: str, out_dir: str | Path, synth_cfg: dict, seed: int, n_jobs: int = 0,
-            cfg: dict | None = None) -> tuple[dict, pd.DataFrame]:
-    """Write `out_dir` (data/raw) atomically from `source` ('synthetic' or a directory).
-    `cfg` is params' `data` section (policy, corrections, limits). Returns (stats, quarantined)."""
-    cfg = {**DEFAULTS, **(cfg or {}), "n_jobs": n_jobs}
+def prepare(cfg: Data, synth_cfg: Synth, seed: int, out_dir: str | Path) -> tuple[dict, pd.DataFrame]:
+    """Write `out_dir` (data/raw) atomically from `cfg.source` ('synthetic' or a directory), under
+    params' `data` section (policy, corrections, limits). Returns (stats, quarantined)."""
+    source = cfg.source
     with atomic_path(out_dir) as tmp:
         if source == "synthetic":
-            if cfg["corrections"] not in (None, ""):
+            if cfg.corrections not in (None, ""):
                 raise ValueError("data.corrections applies to a directory data.source, not to the synthetic data")
-            stats = synth.generate(tmp, synth_cfg, seed=seed, n_jobs=n_jobs)
+            stats = synth.generate(tmp, synth_cfg, seed=seed, n_jobs=cfg.n_jobs)
             stats["source"] = "synthetic"
             bad = pd.DataFrame(columns=validate.QUARANTINE_COLUMNS)
         else:

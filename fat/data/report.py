@@ -23,6 +23,7 @@ import soundfile as sf
 from fat.data import audio
 from fat.data import tables as data
 from fat.log import progress
+from fat.params import Report as ReportSection
 
 SPLITS = ("curated", "noisy", "test")
 
@@ -136,10 +137,10 @@ def flagged_clips(tables: dict[str, pd.DataFrame], silence_dbfs: float, short_s:
     return pd.DataFrame(rows, columns=["split", "fname", "problem", "duration", "peak_dbfs"])
 
 
-def build(raw_dir: str | Path, cfg: dict, n_jobs: int = 0) -> dict:
+def build(raw_dir: str | Path, cfg: ReportSection, n_jobs: int = 0) -> dict:
     """Scan every split of `raw_dir`. Returns {"metrics": JSON-able dict, "tables": per-split frames,
     "class_counts": frame, "flagged": frame}."""
-    silence_dbfs, short_s = float(cfg["silence_dbfs"]), float(cfg["short_s"])
+    silence_dbfs, short_s = cfg.silence_dbfs, cfg.short_s
     classes = data.vocabulary(raw_dir)
     tables = {s: scan_split(raw_dir, s, n_jobs) for s in SPLITS}
     counts = class_counts(tables, classes)

@@ -22,6 +22,7 @@ import pandas as pd
 import soundfile as sf
 from scipy import signal
 from fat.log import progress
+from fat.params import Synth, SynthSplit
 
 SPLITS = ("curated", "noisy", "test")
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
@@ -343,20 +344,13 @@ class SplitSpec:
     label_noise: float  # share of clips whose labels are corrupted
 
 
-def split_specs(cfg: dict) -> list[SplitSpec]:
-    def spec(split, c):
-        return SplitSpec(
-            split=split,
-            n_clips=int(c["n_clips"]),
-            duration=tuple(c["duration"]),
-            long_share=float(c.get("long_share", 0.0)),
-            label_counts_p=tuple(c["label_counts_p"]),
-            class_skew=float(c.get("class_skew", 0.0)),
-            snr_db=tuple(c["snr_db"]) if c.get("snr_db") else None,
-            label_noise=float(c.get("label_noise", 0.0)),
-        )
+def split_specs(cfg: Synth) -> list[SplitSpec]:
+    def spec(split, c: SynthSplit):
+        return SplitSpec(split=split, n_clips=c.n_clips, duration=c.duration, long_share=c.long_share,
+                         label_counts_p=c.label_counts_p, class_skew=c.class_skew, snr_db=c.snr_db,
+                         label_noise=c.label_noise)
 
-    return [spec(s, cfg[s]) for s in SPLITS]
+    return [spec(s, getattr(cfg, s)) for s in SPLITS]
 
 
 def clip_fname(seed: int, split: str, i: int) -> str:
@@ -448,11 +442,11 @@ def _work(args):
     return fname, observed, true, kind, len(y) / sr
 
 
-def generate(out_dir: str | Path, cfg: dict, seed: int, n_jobs: int = 0) -> dict:
+def generate(out_dir: str | Path, cfg: Synth, seed: int, n_jobs: int = 0) -> dict:
     """Write the FAT2019 layout into `out_dir` (which must not exist yet). Returns summary stats."""
     out_dir = Path(out_dir)
-    sr = int(cfg.get("sample_rate", 44100))
-    n_classes = int(cfg["n_classes"])
+    sr = cfg.sample_rate
+    n_classes = cfg.n_classes
     names = class_names(n_classes)
     folders = {"curated": "train_curated", "noisy": "train_noisy", "test": "test"}
     n_jobs = n_jobs or mp.cpu_count()

@@ -27,6 +27,7 @@ from fat import metrics
 from fat.data import tables as data
 from fat.io import load_predictions
 from fat.layout import Layout
+from fat.params import Ensemble as EnsembleSection
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
@@ -156,7 +157,8 @@ class Combiner:
         return apply_stack(self.stack, probs)
 
 
-def nested_oof(oof: dict[str, np.ndarray], truth: np.ndarray, fold_of: np.ndarray, cfg: dict, seed: int) -> np.ndarray:
+def nested_oof(oof: dict[str, np.ndarray], truth: np.ndarray, fold_of: np.ndarray, cfg: EnsembleSection,
+               seed: int) -> np.ndarray:
     """The ensemble's OOF predictions scored honestly: for each fold k, the whole procedure —
     ranking, correlation filter, fitting, guard — is redone on the other folds and applied to k."""
     out = np.zeros(truth.shape, dtype=np.float64)
@@ -173,33 +175,33 @@ def fold_scores(oof: dict[str, np.ndarray], truth: np.ndarray, fold_of: np.ndarr
             for k in np.unique(fold_of)}
 
 
-def select_and_fit(oof: dict[str, np.ndarray], truth: np.ndarray, cfg: dict, seed: int):
+def select_and_fit(oof: dict[str, np.ndarray], truth: np.ndarray, cfg: EnsembleSection, seed: int):
     """Rank members by lwlrap, filter by correlation, fit the combiner on the kept ones.
     Returns (scores, correlation, kept, dropped, fitted combiner)."""
     scores = {m: metrics.lwlrap(truth, p) for m, p in oof.items()}
     corr = correlation_matrix(oof)
-    kept, dropped = correlation_filter(scores, corr, float(cfg["max_corr"]))
-    combiner = Combiner(cfg["method"], float(cfg.get("weight_step", 0.1)), seed, guard=bool(cfg.get("guard", False)))
+    kept, dropped = correlation_filter(scores, corr, cfg.max_corr)
+    combiner = Combiner(cfg.method, cfg.weight_step, seed, guard=cfg.guard)
     combiner.fit([oof[m] for m in kept], truth)
     return scores, corr, kept, dropped, combiner
 
 
-def run(params: dict, layout: Layout = Layout()) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """Build the ensemble. Returns (metrics, submission frame, per-class lwlrap frame)."""
-    cfg = params["ensemble"]
-    folds = list(params["cv"]["folds"])
+def run(cfg: EnsembleSection, folds: list[int], seed: int, layout: Layout = Layout()
+        ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Build the ensemble of `cfg.members` over `folds`. Returns (metrics, submission frame,
+    per-class lwlrap frame)."""
+    folds = list(folds)
     classes = data.vocabulary(layout.raw)
     curated = data.split_table(layout.raw, "curated").set_index("fname")
     fold_table = pd.read_csv(layout.folds, dtype={"fname": str}).set_index("fname")
 
     oof, test, test_fn, order = {}, {}, None, None
-    for fam in cfg["members"]:
-        fn, p, tfn, tp = load_member(fam, folds, layout, bool(cfg["use_tta"]), classes,
-                                     cfg.get("fold_agg", "mean"))
+    for fam in cfg.members:
+        fn, p, tfn, tp = load_member(fam, folds, layout, cfg.use_tta, classes, cfg.fold_agg)
         if order is None:
             order, test_fn = fn, tfn
         elif sorted(fn) != sorted(order) or tfn != test_fn:
-            raise ValueError(f"member {fam}: OOF or test clips differ from member {cfg['members'][0]}")
+            raise ValueError(f"member {fam}: OOF or test clips differ from member {cfg.members[0]}")
         pos = pd.Series(np.arange(len(fn)), index=fn)
         oof[fam], test[fam] = p[pos.loc[order].to_numpy()], tp
     truth = data.multi_hot(curated.loc[order, "labels"], classes)
@@ -210,7 +212,6 @@ def run(params: dict, layout: Layout = Layout()) -> tuple[dict, pd.DataFrame, pd
         tt = data.split_table(layout.raw, "test").set_index("fname")
         test_truth = data.multi_hot(tt.loc[test_fn, "labels"], classes)
 
-    seed = int(params["seed"])
     scores, corr, kept, dropped, combiner = select_and_fit(oof, truth, cfg, seed)
     kept_oof, kept_test = [oof[m] for m in kept], [test[m] for m in kept]
     test_ens = combiner(kept_test)
@@ -227,9 +228,9 @@ def run(params: dict, layout: Layout = Layout()) -> tuple[dict, pd.DataFrame, pd
     if test_truth is not None:
         result["test_lwlrap"] = round(metrics.lwlrap(test_truth, test_ens), 6)
     result.update({
-        "method": cfg["method"], "use_tta": bool(cfg["use_tta"]), "max_corr": float(cfg["max_corr"]),
+        "method": cfg.method, "use_tta": cfg.use_tta, "max_corr": cfg.max_corr,
         "kept": kept, "dropped": dropped,
-        "final": kept[combiner.single] if combiner.single is not None else f"{cfg['method']} of {', '.join(kept)}",
+        "final": kept[combiner.single] if combiner.single is not None else f"{cfg.method} of {', '.join(kept)}",
         "members": {m: {"oof_lwlrap": round(scores[m], 6), "kept": m in kept,
                         **({"test_lwlrap": round(metrics.lwlrap(test_truth, test[m]), 6)} if test_truth is not None else {})}
                     for m in oof},

@@ -14,6 +14,7 @@ from fat.log import progress
 
 from fat.training.augment import fit_length, spec_augment
 from fat.features.store import FeatureStore
+from fat.params import Tta
 
 
 def window_starts(n: int, length: int, step: int, offset: int = 0) -> list[int]:
@@ -78,25 +79,25 @@ def predict_plain(model, store, rows, length, *, device, batch_size=64, desc=Non
     return predict_windows(model, store, rows, length, length, device=device, batch_size=batch_size, desc=desc)[0]
 
 
-def tta_views(length: int, tta_cfg: dict) -> list[dict]:
+def tta_views(length: int, tta: Tta) -> list[dict]:
     """The augmented views: overlapping windows at `shifts` phases, then `masked` masked copies."""
-    step = max(1, int(length * float(tta_cfg["overlap_step"])))
-    views = [{"step": step, "offset": int(round(f * step)), "masked": False} for f in tta_cfg["shifts"]]
-    views += [{"step": step, "offset": 0, "masked": True, "i": i} for i in range(int(tta_cfg["masked"]))]
+    step = max(1, int(length * tta.overlap_step))
+    views = [{"step": step, "offset": int(round(f * step)), "masked": False} for f in tta.shifts]
+    views += [{"step": step, "offset": 0, "masked": True, "i": i} for i in range(tta.masked)]
     return views
 
 
-def predict_tta(model, store, rows, length, tta_cfg: dict, mask_cfg: dict, *, device, seed: int,
+def predict_tta(model, store, rows, length, tta: Tta, mask_cfg: dict, *, device, seed: int,
                 batch_size=64, desc=None) -> tuple[np.ndarray, np.ndarray]:
     """(plain, tta) probabilities. Deterministic for a given seed."""
     plain = predict_plain(model, store, rows, length, device=device, batch_size=batch_size, desc=desc)
     views = []
-    for v in tta_views(length, tta_cfg):
+    for v in tta_views(length, tta):
         rng = np.random.default_rng([seed, v.get("i", 0)]) if v["masked"] else None
         p, _ = predict_windows(model, store, rows, length, v["step"], device=device, batch_size=batch_size,
                                offset=v["offset"], mask_rng=rng, mask_cfg=mask_cfg if v["masked"] else None)
         views.append(p)
-    beta = float(tta_cfg["beta"])
+    beta = tta.beta
     if not views:
         return plain, plain
     return plain, beta * plain + (1 - beta) * np.mean(views, axis=0)

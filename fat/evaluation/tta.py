@@ -10,11 +10,13 @@ from fat.evaluation.predict import predict_tta
 from fat.features.store import FeatureStore
 from fat.io import save_predictions
 from fat.layout import Layout
+from fat.params import Augment, Tta
 from fat.training import models
 from fat.training.splits import curated_split, member_seed
 
 
-def predict_member(family: str, fold: int, params: dict, layout: Layout = Layout()) -> dict:
+def predict_member(family: str, fold: int, tta: Tta, augment: Augment, seed: int,
+                   layout: Layout = Layout()) -> dict:
     """Test-time-augmented predictions of member `family@fold` on its OOF clips and the test set,
     written to data/preds/<family>/fold<k>/{oof,test}.csv. Returns plain vs TTA OOF lwlrap."""
     device = pick_device()
@@ -23,11 +25,11 @@ def predict_member(family: str, fold: int, params: dict, layout: Layout = Layout
     model.to(device)
     crop = int(ckpt["crop_frames"])
     test_store = FeatureStore.open(layout.features("test"))
-    seed = member_seed(params["seed"], fold)
-    mask_cfg = {k: params["augment"][k] for k in ("freq_masks", "freq_frac", "time_masks", "time_frac")}
-    oof_plain, oof_tta = predict_tta(model, store, va_rows, crop, params["tta"], mask_cfg, device=device, seed=seed,
+    seed = member_seed(seed, fold)
+    mask_cfg = augment.masks()
+    oof_plain, oof_tta = predict_tta(model, store, va_rows, crop, tta, mask_cfg, device=device, seed=seed,
                                      desc=f"TTA {family}@{fold} oof")
-    _, test_tta = predict_tta(model, test_store, np.arange(len(test_store)), crop, params["tta"], mask_cfg,
+    _, test_tta = predict_tta(model, test_store, np.arange(len(test_store)), crop, tta, mask_cfg,
                               device=device, seed=seed + 1, desc=f"TTA {family}@{fold} test")
     out = layout.preds(family, fold)
     save_predictions(out / "oof.csv", va_fnames, oof_tta, classes)

@@ -5,7 +5,7 @@ A store is a directory with
              clip and any crop of it are contiguous on disk), float16 or float32;
   index.csv  fname, offset, length (frames), duration (s) — one row per clip, in CSV order;
   meta.json  the feature parameters that produced it.
-It is written sequentially (never held in RAM whole) and renamed into place when complete.
+It is written sequentially (`StoreWriter`; never held in RAM whole) and renamed into place when complete.
 Reading it needs numpy and pandas only: training and prediction import this module, not the
 log-mel computation.
 """
@@ -29,6 +29,60 @@ def npy_header(shape, dtype) -> bytes:
         raise ValueError("npy header does not fit the reserved space")
     return b"\x93NUMPY\x01\x00" + (_HEADER_LEN - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
 
+
+
+class StoreWriter:
+    """Writes a store into the new directory `root`, sequentially: `add(fname, frames, duration)`
+    appends one clip's (frames, n_mels) array; `close(meta)` writes the .npy header, index.csv and
+    meta.json (`meta` plus dtype, clips, frames) and returns the meta. For data that is not clip by
+    clip, `append(frames)` streams frames and `clip(fname, length, duration)` indexes them in order."""
+
+    def __init__(self, root: str | Path, n_mels: int, dtype: str = "float16"):
+        self.root, self.n_mels, self.dtype = Path(root), int(n_mels), np.dtype(dtype)
+        self.root.mkdir(parents=True)
+        self._file = open(self.root / "mels.npy", "wb")
+        self._file.write(b"\0" * _HEADER_LEN)
+        self.frames = 0  # frames written
+        self._fnames: list[str] = []
+        self._offsets: list[int] = []
+        self._lengths: list[int] = []
+        self._durations: list[float] = []
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def append(self, frames: np.ndarray) -> None:
+        if frames.ndim != 2 or frames.shape[1] != self.n_mels:
+            raise ValueError(f"{self.root}: frames of shape {frames.shape}, expected (n, {self.n_mels})")
+        self._file.write(np.ascontiguousarray(frames, dtype=self.dtype).tobytes())
+        self.frames += frames.shape[0]
+
+    def clip(self, fname: str, length: int, duration: float) -> None:
+        offset = self._offsets[-1] + self._lengths[-1] if self._offsets else 0
+        self._fnames.append(fname)
+        self._offsets.append(offset)
+        self._lengths.append(int(length))
+        self._durations.append(duration)
+
+    def add(self, fname: str, frames: np.ndarray, duration: float) -> None:
+        self.clip(fname, frames.shape[0], duration)
+        self.append(frames)
+
+    def close(self, meta: dict | None = None) -> dict:
+        indexed = self._offsets[-1] + self._lengths[-1] if self._offsets else 0
+        if indexed != self.frames:
+            raise ValueError(f"{self.root}: the index covers {indexed} frames, {self.frames} were written")
+        self._file.seek(0)
+        self._file.write(npy_header((self.frames, self.n_mels), self.dtype))
+        self._file.close()
+        pd.DataFrame({"fname": self._fnames, "offset": self._offsets, "length": self._lengths,
+                      "duration": self._durations}).to_csv(self.root / "index.csv", index=False)
+        meta = {**(meta or {}), "dtype": self.dtype.name, "clips": len(self._fnames), "frames": self.frames}
+        (self.root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
 
 
 @dataclass

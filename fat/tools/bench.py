@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -26,11 +27,15 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from fat.log import progress
+
+if TYPE_CHECKING:
+    from fat.params import Params
 
 # torch, librosa and the training code load only when the command runs, not for `fat --help`
 
@@ -110,60 +115,54 @@ def bench_log_mel(audio_seconds: float = 300.0, rounds: int = 3) -> dict:
 
 def write_store(root: Path, n_frames: int, n_mels: int = 128, dtype: str = "float16", seed: int = 0,
                 mean_clip_frames: int = 900) -> dict:
-    """A deterministic store of `n_frames` frames in the on-disk format of fat/features/store.py, written
-    sequentially (the writer never holds it in memory). Clip lengths 86-1714 frames (1-20 s at
+    """A deterministic store of `n_frames` frames written by fat.features.store's
+    StoreWriter, sequentially (never held in memory). Clip lengths 86-1714 frames (1-20 s at
     44.1 kHz, hop 512), about `mean_clip_frames` on average like FAT2019's noisy set."""
-    import pandas as pd
-
-    from fat.features import store
+    from fat.features.store import StoreWriter
 
     need = n_frames * n_mels * np.dtype(dtype).itemsize
     root.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root.parent).free
     if need > 0.95 * free:
         raise ValueError(f"{root.parent}: a store of {n_frames} frames needs {need / 1e9:.1f} GB, only {free / 1e9:.1f} GB free")
-    root.mkdir()
     rng = np.random.default_rng(seed)
     lengths, total = [], 0
     while total < n_frames:
         lengths.append(min(int(rng.integers(86, 2 * mean_clip_frames - 85)), n_frames - total))
         total += lengths[-1]
     block = (rng.normal(-40.0, 15.0, size=(1 << 16, n_mels))).astype(dtype)
-    with open(root / "mels.npy", "wb") as f:
-        f.write(store.npy_header((n_frames, n_mels), dtype))
+    with StoreWriter(root, n_mels, dtype) as store:
         done = 0
         for _ in progress(range(-(-n_frames // len(block))), desc="bench store"):
             k = min(len(block), n_frames - done)
-            f.write(np.roll(block, done // len(block), axis=1)[:k].tobytes())
+            store.append(np.roll(block, done // len(block), axis=1)[:k])
             done += k
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    pd.DataFrame({"fname": [f"{i:08d}.wav" for i in range(len(lengths))], "offset": offsets, "length": lengths,
-                  "duration": np.round(np.asarray(lengths) * 512 / 44100, 4)}).to_csv(root / "index.csv", index=False)
-    meta = {**LOG_MEL, "n_mels": n_mels, "dtype": np.dtype(dtype).name, "clips": len(lengths), "frames": n_frames}
-    (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for i, n in enumerate(lengths):
+            store.clip(f"{i:08d}.wav", n, round(n * 512 / 44100, 4))
+        meta = store.close({**LOG_MEL, "n_mels": n_mels})
     return meta
 
 
-def _training_setup(store_dir, p: dict, steps: int, epochs: int, seed: int = 0):
+def _training_setup(store_dir, p: Params, steps: int, epochs: int, seed: int = 0):
     from fat.device import pick_device
     from fat.features.store import FeatureStore
     from fat.training import loop as train
     from fat.training import models
 
     store = FeatureStore.open(store_dir)
-    bs = int(p["train"]["batch_size"])
+    bs = p.train.batch_size
     rows = np.linspace(0, len(store) - 1, steps * bs).round().astype(np.int64)  # spread over the whole store
     targets = (np.random.default_rng(seed).random((len(rows), N_CLASSES)) < 1.5 / N_CLASSES).astype(np.float32)
-    data = train.CropDataset(store, rows, targets, int(p["train"]["crop_frames"]), seed)
+    data = train.CropDataset(store, rows, targets, p.train.crop_frames, seed)
     device = pick_device()
     train.seed_everything(seed)
-    model = models.build(p["model"], N_CLASSES, store.n_mels).to(device)
-    loop = train.TrainLoop(model, data, train_cfg={**p["train"], "epochs": epochs}, mixup_alpha=float(p["mixup"]["alpha"]),
-                           augment_cfg=p["augment"], seed=seed, device=device)
+    model = models.build(p.model, N_CLASSES, store.n_mels).to(device)
+    loop = train.TrainLoop(model, data, train=dataclasses.replace(p.train, epochs=epochs), mixup=p.mixup,
+                           augment=p.augment, seed=seed, device=device)
     return loop, device
 
 
-def bench_training(store_dir, p: dict, steps: int = 30, rounds: int = 3) -> dict:
+def bench_training(store_dir, p: Params, steps: int = 30, rounds: int = 3) -> dict:
     """Samples/s and data-loading share of the fastest of `rounds` epochs of `steps` steps, after a
     warm-up epoch (allocator, oneDNN primitives, worker start)."""
     import torch
@@ -178,8 +177,8 @@ def bench_training(store_dir, p: dict, steps: int = 30, rounds: int = 3) -> dict
             best = (rec, loop.wait_s - wait0, loop.total_s - total0)
     rec, wait, total = best
     return {"device": device.type, "torch_threads": torch.get_num_threads(), "steps": steps,
-            "batch_size": loop.batch_size, "crop_frames": int(p["train"]["crop_frames"]),
-            "num_workers": int(p["train"].get("num_workers", 0)), "mixup_alpha": loop.mixup_alpha,
+            "batch_size": loop.batch_size, "crop_frames": p.train.crop_frames,
+            "num_workers": p.train.num_workers, "mixup_alpha": loop.mixup_alpha,
             "samples_per_s": rec["samples_per_s"], "step_ms": round(1000 * total / steps, 1),
             "data_loading_share": round(wait / total, 4)}
 
@@ -284,14 +283,14 @@ def run(args) -> dict:
     from fat import params as fat_params
 
     p = fat_params.load(args.params)
-    dtype = p["features"].get("dtype", "float16")
+    dtype = p.features.dtype
     out: dict = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                              "cuda": torch.cuda.is_available(), "torch": torch.__version__,
                              "python": platform.python_version()}}
     out["log_mel"] = bench_log_mel(args.audio_seconds, args.rounds)
     work = Path(tempfile.mkdtemp(prefix="fat-bench-", dir=args.workdir))
     try:
-        small = write_store(work / "small", args.train_frames, int(p["features"]["n_mels"]), dtype)
+        small = write_store(work / "small", args.train_frames, p.features.n_mels, dtype)
         out["training"] = bench_training(work / "small", p, args.train_steps, args.rounds)
         meta = write_store(work / "large", args.store_frames, 128, dtype, seed=1)
         out["memory"] = bench_memory(work / "large", args.params, meta, args.memory_steps)

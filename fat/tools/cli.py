@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -85,8 +86,8 @@ def _synth(args) -> int:
     if args.out.exists():
         raise ValueError(f"{args.out}: already exists; choose a new directory")
     p = params.load(args.params)
-    stats, _ = prepare.prepare("synthetic", args.out, p["synth"], seed=int(p["seed"] if args.seed is None else args.seed),
-                            n_jobs=args.jobs)
+    data = dataclasses.replace(p.data, source="synthetic", n_jobs=args.jobs)
+    stats, _ = prepare.prepare(data, p.synth, seed=p.seed if args.seed is None else args.seed, out_dir=args.out)
     print(json.dumps({k: v for k, v in stats.items() if k.endswith("clips")}))
     return 0
 

@@ -18,7 +18,7 @@ import torch
 
 from fat.io import atomic_path
 
-log = logging.getLogger("fat.checkpoint")
+log = logging.getLogger(__name__)
 
 
 def file_digest(path: str | Path) -> str:
@@ -68,3 +68,10 @@ class Checkpointer:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def for_run(name: str, params: dict, inputs: list, path: str | Path) -> Checkpointer:
+    """The checkpoint at `path` of training run `name`, fingerprinted by the params and the
+    contents of its input files."""
+    digests = {str(p): file_digest(p) for p in inputs}
+    return Checkpointer(path, fingerprint(name=name, params=params, inputs=digests))

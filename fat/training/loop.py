@@ -25,6 +25,7 @@ from fat.training import augment, dist
 from fat.training.checkpoint import Checkpointer
 from fat.features.store import FeatureStore
 from fat.log import progress
+from fat.params import Augment, Mixup, Train
 from fat.evaluation.predict import predict_windows
 
 log = logging.getLogger("fat.train")
@@ -148,52 +149,6 @@ def evaluate(model, store, rows, targets, length, *, device, batch_size=64) -> d
     return {"probs": probs, "loss": loss, "lwlrap": score}
 
 
-def check_settings(train_cfg: dict, mixup_alpha: float, augment_cfg: dict, sections: dict | None = None) -> None:
-    """Out-of-range training params (a typo in `dvc exp run -S …`) stop the stage with the key
-    named, instead of training something else than asked (a negative mixup.alpha would silently
-    mean "no mixup"). `sections` names the section a train key came from when a family overrode it."""
-    sections = sections or {}
-
-    def bad(key, value, rule):
-        section, _, name = key.partition(".")
-        if section == "train":
-            section = sections.get(name, section)
-        raise ValueError(f"params.yaml: {section}.{name} must be {rule}, got {value!r}")
-
-    def whole(key, value, least):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            bad(key, value, f"a whole number >= {least}")
-        n = num(key, value)
-        if n != int(n) or n < least:
-            bad(key, value, f"a whole number >= {least}")
-
-    def num(key, value):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            bad(key, value, "a number")
-        if not np.isfinite(value):
-            bad(key, value, "finite")
-        return value
-
-    if num("mixup.alpha", mixup_alpha) < 0:
-        bad("mixup.alpha", mixup_alpha, ">= 0 (0 disables mixup)")
-    for key in ("epochs", "batch_size"):
-        whole(f"train.{key}", train_cfg[key], 1)
-    if num("train.lr", train_cfg["lr"]) <= 0:
-        bad("train.lr", train_cfg["lr"], "> 0")
-    if num("train.weight_decay", train_cfg.get("weight_decay", 0.0)) < 0:
-        bad("train.weight_decay", train_cfg.get("weight_decay"), ">= 0")
-    if not 0 < num("train.warmup", train_cfg.get("warmup", 0.2)) < 1:
-        bad("train.warmup", train_cfg.get("warmup"), "between 0 and 1 (exclusive)")
-    for key in ("p", "freq_frac", "time_frac"):
-        if key in augment_cfg and not 0 <= num(f"augment.{key}", augment_cfg[key]) <= 1:
-            bad(f"augment.{key}", augment_cfg[key], "between 0 and 1")
-    for key in ("freq_masks", "time_masks"):
-        if key in augment_cfg:
-            whole(f"augment.{key}", augment_cfg[key], 0)
-
-
 class TrainLoop:
     """The optimisation of one model: loader, Adam + one-cycle schedule, augmentation, AMP on CUDA,
     DistributedDataParallel when `world` > 1 (each rank trains on its share of every batch).
@@ -201,28 +156,25 @@ class TrainLoop:
     `total_s` (the epoch's wall time), so `wait_s / total_s` is data loading's share.
     `state()` / `restore(state)` carry everything that determines the rest of the run."""
 
-    def __init__(self, model, data, *, train_cfg: dict, mixup_alpha: float, augment_cfg: dict, seed: int, device,
+    def __init__(self, model, data, *, train: Train, mixup: Mixup, augment: Augment, seed: int, device,
                  rank: int = 0, world: int = 1):
         if len(data) == 0:
             raise ValueError("no training data: the dataset is empty")
-        check_settings(train_cfg, mixup_alpha, augment_cfg)
         self.model, self.data, self.device = model, data, torch.device(device)
         self.rank, self.world = int(rank), int(world)
-        self.epochs = int(train_cfg["epochs"])
-        self.batch_size = min(int(train_cfg["batch_size"]), len(data))  # global: shared by the ranks
+        self.epochs = train.epochs
+        self.batch_size = min(train.batch_size, len(data))  # global: shared by the ranks
         self.loader = make_loader(data, self.batch_size, seed=seed, device=self.device,
-                                  num_workers=int(train_cfg.get("num_workers", 0)), rank=rank, world=world)
+                                  num_workers=train.num_workers, rank=rank, world=world)
         if len(self.loader) == 0:
             raise ValueError("no training data")
-        self.opt = torch.optim.Adam(model.parameters(), lr=float(train_cfg["lr"]),
-                                    weight_decay=float(train_cfg.get("weight_decay", 0.0)))
+        self.opt = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
         self.sched = torch.optim.lr_scheduler.OneCycleLR(
-            self.opt, max_lr=float(train_cfg["lr"]), total_steps=self.epochs * len(self.loader),
-            pct_start=float(train_cfg.get("warmup", 0.2)))
+            self.opt, max_lr=train.lr, total_steps=self.epochs * len(self.loader), pct_start=train.warmup)
         self.rng = np.random.default_rng([seed, 7] if world == 1 else [seed, 7, rank])
-        self.mixup_alpha = float(mixup_alpha)
-        self.p_mask = float(augment_cfg.get("p", 0.0))
-        self.mask_kw = {k: augment_cfg[k] for k in ("freq_masks", "freq_frac", "time_masks", "time_frac")}
+        self.mixup_alpha = mixup.alpha
+        self.p_mask = augment.p
+        self.mask_kw = augment.masks()
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
         cuda = self.device.type == "cuda"
         amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
@@ -231,7 +183,7 @@ class TrainLoop:
         net = model
         if world > 1:
             net = DistributedDataParallel(model, device_ids=[self.device.index] if cuda else None)
-        self.forward = torch.compile(net) if cuda and train_cfg.get("compile", False) else net
+        self.forward = torch.compile(net) if cuda and train.compile else net
         self.wait_s = self.total_s = 0.0
 
     def run_epoch(self, epoch: int) -> dict:
@@ -291,10 +243,10 @@ class TrainLoop:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
-def fit(model, data: CropDataset, *, train_cfg: dict, mixup_alpha: float, augment_cfg: dict, seed: int,
+def fit(model, data: CropDataset, *, train: Train, mixup: Mixup, augment: Augment, seed: int,
         device, validate=None, desc: str = "train", on_epoch=None,
         checkpoint: Checkpointer | None = None) -> list[dict]:
-    """Train `model` in place for `train_cfg['epochs']` epochs. `validate(model) -> dict` is called
+    """Train `model` in place for `train.epochs` epochs. `validate(model) -> dict` is called
     every `eval_every` epochs (and after the last); `on_epoch(record)` (e.g. fat.training.track's DVCLive
     logger) after each epoch's record is complete, on rank 0 only; the history of epoch records is
     returned.
@@ -305,12 +257,12 @@ def fit(model, data: CropDataset, *, train_cfg: dict, mixup_alpha: float, augmen
     With `checkpoint`, the full training state is saved after every epoch (rank 0) and a matching
     checkpoint is resumed from, giving the same result as an uninterrupted run (the resumed epochs'
     records are replayed to `on_epoch`)."""
-    eval_every = int(train_cfg.get("eval_every", 1))
+    eval_every = train.eval_every
     world, rank = (td.get_world_size(), td.get_rank()) if dist.active() else (1, 0)
     seed_everything(seed)
     model.to(device)
-    loop = TrainLoop(model, data, train_cfg=train_cfg, mixup_alpha=mixup_alpha, augment_cfg=augment_cfg,
-                     seed=seed, device=device, rank=rank, world=world)
+    loop = TrainLoop(model, data, train=train, mixup=mixup, augment=augment, seed=seed, device=device, rank=rank,
+                     world=world)
     history: list[dict] = []
     start = 0
     state = checkpoint.load() if checkpoint is not None else None

@@ -26,6 +26,7 @@ from fat.training import models
 from fat.features.store import FeatureStore
 from fat.io import save_predictions, write_csv
 from fat.layout import Layout
+from fat.params import Pseudo
 from fat.evaluation.predict import predict_plain
 from fat.device import pick_device
 
@@ -48,29 +49,29 @@ def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))
 
 
-def select(probs: np.ndarray, noisy_labels: np.ndarray, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+def select(probs: np.ndarray, noisy_labels: np.ndarray, cfg: Pseudo) -> tuple[np.ndarray, np.ndarray]:
     """(indices of kept clips, their targets). `noisy_labels` is the noisy set's multi-hot."""
     probs = np.asarray(probs, dtype=np.float64)
     noisy_labels = np.asarray(noisy_labels, dtype=np.float32)
     if probs.shape != noisy_labels.shape:
         raise ValueError(f"pseudo: predictions {probs.shape} and noisy labels {noisy_labels.shape} differ in shape")
-    pred = predicted_labels(probs, float(cfg["label_threshold"]), int(cfg["top_k"]))
+    pred = predicted_labels(probs, cfg.label_threshold, cfg.top_k)
     conf = probs.max(axis=1)
-    keep = conf >= float(cfg["min_confidence"])
-    if cfg.get("agree", False):
+    keep = conf >= cfg.min_confidence
+    if cfg.agree:
         pred = pred * noisy_labels
         keep &= pred.sum(axis=1) > 0
     idx = np.flatnonzero(keep)
     idx = idx[np.argsort(-conf[idx], kind="stable")]
-    cap = int(cfg.get("max_clips", 0) or 0)
+    cap = cfg.max_clips
     if cap > 0:
         idx = idx[:cap]
     idx = np.sort(idx)
-    mode = cfg.get("targets", "hard")
+    mode = cfg.targets
     if mode == "hard":
         targets = pred[idx]
     elif mode == "soft":
-        targets = sharpen(probs[idx], float(cfg.get("temperature", 1.0))).astype(np.float32)
+        targets = sharpen(probs[idx], cfg.temperature).astype(np.float32)
     else:
         raise ValueError(f"pseudo.targets must be 'hard' or 'soft', got {mode!r}")
     return idx, targets
@@ -97,7 +98,7 @@ def per_class_table(rep: dict) -> pd.DataFrame:
     return pd.DataFrame({"class": list(rep["per_class"]), "kept": list(rep["per_class"].values())})
 
 
-def label_fold(fold: int, params: dict, layout: Layout | None = None) -> dict:
+def label_fold(fold: int, cfg: Pseudo, layout: Layout | None = None) -> dict:
     """Score the noisy set with the fold-`fold` fine-tuned model, select clips and write
     data/pseudo/fold<k>/labels.csv (fname + class targets) and per_class.csv. Returns the report."""
     layout = layout or Layout()
@@ -110,7 +111,7 @@ def label_fold(fold: int, params: dict, layout: Layout | None = None) -> dict:
     probs = predict_plain(model, noisy, noisy.position(table["fname"]), int(ckpt["crop_frames"]), device=device,
                           desc=f"pseudo@{fold} score noisy")
     noisy_y = data.multi_hot(table["labels"], classes)
-    idx, targets = select(probs, noisy_y, params["pseudo"])
+    idx, targets = select(probs, noisy_y, cfg)
     rep = report(idx, targets, probs, noisy_y, classes)
     out = layout.pseudo(fold)
     save_predictions(out / "labels.csv", table["fname"].iloc[idx].tolist(), targets, classes)
