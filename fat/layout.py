@@ -4,8 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-FOLD_FAMILIES = ("baseline", "finetune", "retrain")  # the families with one member per fold (data/models/<family>/fold<k>)
-
 
 @dataclass(frozen=True)
 class Layout:
@@ -47,7 +45,12 @@ class Layout:
         return base if fold is None else base / f"fold{fold}"
 
     def metrics(self, name: str) -> Path:
+        """A metrics JSON: metrics/<name>.json (`name` may hold a folder: `pseudo/fold0`)."""
         return self.root / "metrics" / f"{name}.json"
+
+    def metrics_file(self, name: str) -> Path:
+        """Any other file DVC tracks under metrics/ (tables, plot data, figures): metrics/<name>."""
+        return self.root / "metrics" / name
 
     @property
     def submission(self) -> Path:

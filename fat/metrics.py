@@ -25,7 +25,8 @@ def _check(truth, scores) -> tuple[np.ndarray, np.ndarray]:
     truth = np.asarray(truth)
     scores = np.asarray(scores, dtype=np.float64)
     if truth.ndim != 2 or scores.ndim != 2:
-        raise ValueError(f"lwlrap needs 2-D arrays (clips x classes), got truth {truth.shape} and scores {scores.shape}")
+        raise ValueError(f"lwlrap needs 2-D arrays (clips x classes), got truth {truth.shape} "
+                         f"and scores {scores.shape}")
     if truth.shape != scores.shape:
         raise ValueError(f"lwlrap: truth shape {truth.shape} does not match scores shape {scores.shape}")
     if not np.isin(truth, (0, 1)).all():

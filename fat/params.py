@@ -19,9 +19,10 @@ import io
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -211,7 +212,8 @@ class Synth(Section):
         return mapping
 
     def __post_init__(self):
-        for split, value in self._with_split_defaults({s: getattr(self, s) for s in ("curated", "noisy", "test")}).items():
+        splits = {s: getattr(self, s) for s in ("curated", "noisy", "test")}
+        for split, value in self._with_split_defaults(splits).items():
             object.__setattr__(self, split, value)
         super().__post_init__()
 
@@ -452,7 +454,7 @@ class Params(Section):
     def train_for(self, family: str) -> Train:
         """The `train` settings of `family`: the shared section with the family's overrides."""
         overrides = dict(getattr(self, family).overrides)
-        return Train.build({**self.train.as_dict(), **overrides}, "train", owners={k: family for k in overrides})
+        return Train.build({**self.train.as_dict(), **overrides}, "train", owners=dict.fromkeys(overrides, family))
 
 
 def check_folds(cv: CV, path: str | Path = "params.yaml") -> None:

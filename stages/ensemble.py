@@ -6,6 +6,9 @@ import pandas as pd
 from fat import log, params
 from fat.evaluation import ensemble, plots
 from fat.io import write_csv, write_json
+from fat.layout import Layout
+
+LAYOUT = Layout()
 
 
 def main():
@@ -14,15 +17,17 @@ def main():
     p = params.load()
     result, submission, per_class = ensemble.run(p.ensemble, p.cv.folds, p.seed)
     folds = result.pop("folds")  # OOF lwlrap per member and fold: a table and a figure, not more metrics
-    write_csv("data/submission.csv", submission, float_format="%.6g")
-    write_json("metrics/ensemble.json", result)
-    write_csv("metrics/ensemble_per_class.csv", per_class)
+    write_csv(LAYOUT.submission, submission, float_format="%.6g")
+    write_json(LAYOUT.metrics("ensemble"), result)
+    write_csv(LAYOUT.metrics_file("ensemble_per_class.csv"), per_class)
     scores = {m: v["oof_lwlrap"] for m, v in result["members"].items()}
     plots.save_png(plots.correlation_heatmap(result["correlation"], scores, result["kept"], result["dropped"],
-                                             result["max_corr"]), "metrics/ensemble_correlation.png")
-    write_csv("metrics/ensemble_folds.csv", pd.DataFrame.from_dict(folds, orient="index").rename_axis("fold").reset_index())
-    plots.save_png(plots.fold_bars(folds), "metrics/ensemble_folds.png")
-    log.done(logger, "kept %s, dropped %s: OOF lwlrap %.4f%s", result["kept"], list(result["dropped"]), result["lwlrap"],
+                                             result["max_corr"]), LAYOUT.metrics_file("ensemble_correlation.png"))
+    fold_table = pd.DataFrame.from_dict(folds, orient="index").rename_axis("fold").reset_index()
+    write_csv(LAYOUT.metrics_file("ensemble_folds.csv"), fold_table)
+    plots.save_png(plots.fold_bars(folds), LAYOUT.metrics_file("ensemble_folds.png"))
+    log.done(logger, "kept %s, dropped %s: OOF lwlrap %.4f%s", result["kept"], list(result["dropped"]),
+             result["lwlrap"],
              f", test lwlrap {result['test_lwlrap']:.4f}" if "test_lwlrap" in result else "")
 
 

@@ -4,13 +4,16 @@ import argparse
 from fat import log, params
 from fat.data import tables
 from fat.features import extract
+from fat.layout import Layout
+
+LAYOUT = Layout()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("split", choices=sorted(tables.SPLITS))
-    ap.add_argument("--raw", default="data/raw")
-    ap.add_argument("--out", default="data/features/{split}")
+    ap.add_argument("--raw", default=str(LAYOUT.raw))
+    ap.add_argument("--out", default=str(LAYOUT.features("{split}")))
     args = ap.parse_args()
     logger = log.stage(f"features@{args.split}")
     p = params.load()

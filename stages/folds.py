@@ -4,12 +4,15 @@ import argparse
 from fat import log, params
 from fat.data import folds
 from fat.io import write_csv
+from fat.layout import Layout
+
+LAYOUT = Layout()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--raw", default="data/raw")
-    ap.add_argument("--out", default="data/folds.csv")
+    ap.add_argument("--raw", default=str(LAYOUT.raw))
+    ap.add_argument("--out", default=str(LAYOUT.folds))
     args = ap.parse_args()
     logger = log.stage("folds")
     p = params.load()

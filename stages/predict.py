@@ -3,8 +3,11 @@ import argparse
 
 from fat import log, params
 from fat.evaluation import tta
-from fat.layout import FOLD_FAMILIES
 from fat.io import write_json
+from fat.layout import Layout
+from fat.params import FOLD_FAMILIES
+
+LAYOUT = Layout()
 
 
 def main():
@@ -15,7 +18,7 @@ def main():
     logger = log.stage(f"predict@{args.family}-{args.fold}")
     p = params.load()
     result = tta.predict_member(args.family, args.fold, p.tta, p.augment, p.seed)
-    write_json(f"metrics/tta/{args.family}-fold{args.fold}.json", result)
+    write_json(LAYOUT.metrics(f"tta/{args.family}-fold{args.fold}"), result)
     log.done(logger, "%s", result)
 
 

@@ -5,13 +5,16 @@ import argparse
 from fat import log, params
 from fat.data import prepare
 from fat.io import write_csv, write_json
+from fat.layout import Layout
+
+LAYOUT = Layout()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="data/raw")
-    ap.add_argument("--metrics", default="metrics/prepare.json")
-    ap.add_argument("--quarantine", default="metrics/quarantine.csv",
+    ap.add_argument("--out", default=str(LAYOUT.raw))
+    ap.add_argument("--metrics", default=str(LAYOUT.metrics("prepare")))
+    ap.add_argument("--quarantine", default=str(LAYOUT.metrics_file("quarantine.csv")),
                     help="report of the audio files left out under data.on_bad_audio: skip")
     args = ap.parse_args()
     logger = log.stage("prepare")

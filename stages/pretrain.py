@@ -4,8 +4,11 @@ import argparse
 import sys
 
 from fat import log, params
-from fat.training import dist, members
 from fat.io import write_json
+from fat.layout import Layout
+from fat.training import dist, members
+
+LAYOUT = Layout()
 
 
 def main():
@@ -15,7 +18,7 @@ def main():
     dist.relaunch(p.dist.nproc_per_node, __file__, sys.argv[1:])
     result = members.train_pretrain(p)
     if result is not None:  # rank 0 (or the only process) writes
-        write_json("metrics/pretrain.json", result)
+        write_json(LAYOUT.metrics("pretrain"), result)
     dist.teardown()
 
 

@@ -2,8 +2,11 @@
 import argparse
 
 from fat import log, params
-from fat.training import pseudo
 from fat.io import write_csv, write_json
+from fat.layout import Layout
+from fat.training import pseudo
+
+LAYOUT = Layout()
 
 
 def main():
@@ -13,8 +16,8 @@ def main():
     logger = log.stage(f"pseudo@{args.fold}")
     p = params.load()
     rep = pseudo.label_fold(args.fold, p.pseudo)
-    write_json(f"metrics/pseudo/fold{args.fold}.json", {k: v for k, v in rep.items() if k != "per_class"})
-    write_csv(f"metrics/pseudo/fold{args.fold}_per_class.csv", pseudo.per_class_table(rep))  # a DVC plot
+    write_json(LAYOUT.metrics(f"pseudo/fold{args.fold}"), {k: v for k, v in rep.items() if k != "per_class"})
+    write_csv(LAYOUT.metrics_file(f"pseudo/fold{args.fold}_per_class.csv"), pseudo.per_class_table(rep))  # a DVC plot
     log.done(logger, "kept %d of %d noisy clips (%.1f %%)", rep["kept"], rep["noisy_clips"], 100 * rep["kept_share"])
 
 

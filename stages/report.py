@@ -6,12 +6,15 @@ from fat import log, params
 from fat.data import report
 from fat.evaluation import plots
 from fat.io import write_csv, write_json
+from fat.layout import Layout
+
+LAYOUT = Layout()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--raw", default="data/raw")
-    ap.add_argument("--out", default="metrics/report")
+    ap.add_argument("--raw", default=str(LAYOUT.raw))
+    ap.add_argument("--out", default=str(LAYOUT.metrics_file("report")))
     args = ap.parse_args()
     logger = log.stage("report")
     p = params.load()

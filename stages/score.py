@@ -3,8 +3,11 @@ import argparse
 
 from fat import log, params
 from fat.evaluation import scoring
-from fat.layout import FOLD_FAMILIES
 from fat.io import write_json
+from fat.layout import Layout
+from fat.params import FOLD_FAMILIES
+
+LAYOUT = Layout()
 
 
 def main():
@@ -14,8 +17,9 @@ def main():
     logger = log.stage(f"score@{args.family}")
     p = params.load()
     result = scoring.score_family(args.family, list(p.cv.folds))
-    write_json(f"metrics/{args.family}.json", result)
-    log.done(logger, "OOF lwlrap %s (TTA %s), test %s", result["oof_lwlrap"], result["oof_lwlrap_tta"], result.get("test_lwlrap", "-"))
+    write_json(LAYOUT.metrics(args.family), result)
+    log.done(logger, "OOF lwlrap %s (TTA %s), test %s", result["oof_lwlrap"], result["oof_lwlrap_tta"],
+             result.get("test_lwlrap", "-"))
 
 
 if __name__ == "__main__":

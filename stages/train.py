@@ -4,13 +4,17 @@ import argparse
 import sys
 
 from fat import log, params
-from fat.training import dist, members
 from fat.io import write_json
+from fat.layout import Layout
+from fat.params import FOLD_FAMILIES
+from fat.training import dist, members
+
+LAYOUT = Layout()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("family", choices=members.FOLD_FAMILIES)
+    ap.add_argument("family", choices=FOLD_FAMILIES)
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
     log.stage(f"{args.family}@{args.fold}")  # fat.training.members logs the end with the figures
@@ -18,7 +22,7 @@ def main():
     dist.relaunch(p.dist.nproc_per_node, __file__, sys.argv[1:])
     result = members.train_member(args.family, args.fold, p)
     if result is not None:  # rank 0 (or the only process) writes
-        write_json(f"metrics/{args.family}/fold{args.fold}.json", result)
+        write_json(LAYOUT.metrics(f"{args.family}/fold{args.fold}"), result)
     dist.teardown()
 
 

@@ -1,4 +1,5 @@
-"""Unit tests for fat/data/audio.py: `load(path, sr)` -> mono float32 at the requested rate, or AudioError."""
+"""Unit tests for fat/data/audio.py: `load(path, sr)` -> mono float32 at the requested rate (or, with
+options, as stored), `info(path)` -> header facts, or AudioError naming the file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -210,3 +211,45 @@ def test_nan_detected_before_resampling(tmp_path):
     p = tmp_path / "nan48.wav"
     sf.write(str(p), x, 48000, subtype="FLOAT")
     _assert_audio_error(p, sr=22050)
+
+
+# ----------------------------------------------------------------------------- header and options
+def test_info_reads_the_header(tmp_path):
+    p = tmp_path / "st.wav"
+    sf.write(str(p), np.stack([_sine(440, 32000, 0.25), _sine(220, 32000, 0.25)], axis=1), 32000, subtype="PCM_24")
+    w = audio.info(p)
+    assert (w.sample_rate, w.channels, w.subtype, w.frames) == (32000, 2, "PCM_24", 8000)
+    assert w.seconds == pytest.approx(0.25)
+
+
+def test_info_of_a_truncated_or_unreadable_file_names_it(tmp_path):
+    p = tmp_path / "cut.wav"
+    sf.write(str(p), _sine(440, 22050, 0.2), 22050, subtype="PCM_16")
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(AudioError, match=rf"{p}: truncated"):
+        audio.info(p)
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio at all")
+    with pytest.raises(AudioError, match=rf"{junk}: unreadable audio"):
+        audio.info(junk)
+
+
+def test_load_native_rate_and_as_stored(tmp_path):
+    left, right = _sine(440, 16000, 0.1, amp=0.8), _sine(440, 16000, 0.1, amp=0.2)
+    p = tmp_path / "st.wav"
+    sf.write(str(p), np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    np.testing.assert_allclose(audio.load(p), (left + right) / 2, atol=1e-7)  # mono at the file's own rate
+    stored = audio.load(p, mono=False)
+    assert stored.shape == (len(left), 2)
+    np.testing.assert_array_equal(stored[:, 0], left)
+    with pytest.raises(ValueError, match="mono=False"):
+        audio.load(p, 8000, mono=False)
+
+
+def test_load_can_let_non_finite_samples_through_for_validation(tmp_path):
+    x = _sine(440, 22050, 0.1)
+    x[5] = np.nan
+    p = tmp_path / "nan.wav"
+    sf.write(str(p), x, 22050, subtype="FLOAT")
+    y = audio.load(p, mono=False, finite=False)
+    assert np.isnan(y[5, 0]) and np.isfinite(np.delete(y[:, 0], 5)).all()

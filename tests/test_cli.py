@@ -64,3 +64,11 @@ def test_synth_then_validate_then_score(tmp_path, capsys):
     labels = pd.read_csv(out / "test_labels.csv").set_index("fname").loc[sub["fname"], "labels"]
     truth = np.array([[c in s.split(",") for c in classes] for s in labels], dtype=float)
     assert got["lwlrap"] == pytest.approx(metrics.lwlrap(truth, probs), abs=1e-6)
+
+
+def test_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit status" in out and "0  success" in out and "1  the command ran and found problems" in out
+    assert "2  error" in out

@@ -12,9 +12,8 @@ import soundfile as sf
 
 from fat.data import synth
 from fat.data import tables as data
-
-from fat.data.prepare import validate_layout
 from fat.data.prepare import prepare as _prepare
+from fat.data.prepare import validate_layout
 from fat.params import Data, Synth
 
 
@@ -257,7 +256,7 @@ def test_prepare_imports_directory(tmp_path):
     for name in ("train_curated.csv", "train_noisy.csv", "test_labels.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(src / name), check_names=False)
     n_files = 0
-    for split, (_, folder) in data.SPLITS.items():
+    for _, folder in data.SPLITS.values():
         src_names = sorted(p.name for p in (src / folder).iterdir())
         assert sorted(p.name for p in (out / folder).iterdir()) == src_names
         for name in src_names:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fat.training.checkpoint import Checkpointer
 from test_train import band_problem
@@ -30,7 +29,8 @@ from fat.training.checkpoint import Checkpointer
 from fat.features.store import FeatureStore
 from fat.params import Augment, Mixup, Model, Train
 
-store_dir, out, ckpt, pause, epochs = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+store_dir, out, ckpt = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+pause, epochs = float(sys.argv[4]), int(sys.argv[5])
 log.setup("run")
 ctx = dist.setup(torch.device("cpu"))
 torch.set_num_threads(1)
@@ -48,7 +48,8 @@ def validate(m):
 
 cfg = {"epochs": epochs, "batch_size": 8, "lr": 0.01, "weight_decay": 0.0, "warmup": 0.2, "eval_every": 1}
 aug = {"p": 0.5, "freq_masks": 1, "freq_frac": 0.1, "time_masks": 1, "time_frac": 0.1}
-hist = train.fit(model, data, train=Train(**cfg), mixup=Mixup(alpha=0.2), augment=Augment(**aug), seed=1, device=ctx.device,
+hist = train.fit(model, data, train=Train(**cfg), mixup=Mixup(alpha=0.2), augment=Augment(**aug), seed=1,
+                 device=ctx.device,
                  validate=validate, checkpoint=Checkpointer(ckpt, "test") if ckpt != "-" else None)
 digest = hashlib.md5(b"".join(t.detach().numpy().tobytes() for t in model.parameters())).hexdigest()
 full = hashlib.md5(b"".join(t.detach().numpy().tobytes() for t in model.state_dict().values())).hexdigest()
@@ -69,7 +70,8 @@ def setup(tmp_path_factory):
 
 
 def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    torchrun_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in torchrun_vars}
     return {**env, "OMP_NUM_THREADS": "1", "FAT_LOG": "INFO"}
 
 

@@ -27,7 +27,8 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             mods |= {a.name for a in node.names if a.name.startswith("fat.")}
-        elif isinstance(node, ast.ImportFrom) and node.module and (node.module == "fat" or node.module.startswith("fat.")):
+        elif (isinstance(node, ast.ImportFrom) and node.module
+              and (node.module == "fat" or node.module.startswith("fat."))):
             for a in node.names:
                 sub = f"{node.module}.{a.name}"
                 mods.add(sub if _module_file(sub) is not None else node.module)

@@ -11,10 +11,9 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-
 import time
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -22,11 +21,11 @@ import yaml
 from dvc_render.base import Renderer
 from matplotlib.image import imread
 
+import browser
 from fat import params
 from fat.data import tables as data
 from fat.tools import offline_plots
 from fat.training import track
-import browser
 from test_webview import need
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +40,8 @@ def env() -> dict:
 def run(cmd: list[str], cwd: Path) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout + proc.stderr
 
 
@@ -74,7 +74,8 @@ def first_repro(repo) -> str:
 def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
     p = params.load(repo / "params.yaml")
     folds = p.cv.folds
-    expected = {"prepare", "report", "folds", "pretrain", "ensemble"} | {f"features@{s}" for s in ("curated", "noisy", "test")}
+    expected = {"prepare", "report", "folds", "pretrain", "ensemble"}
+    expected |= {f"features@{s}" for s in ("curated", "noisy", "test")}
     for fam in ("baseline", "finetune", "retrain"):
         expected |= {f"{fam}@{k}" for k in folds} | {f"predict@{fam}-{k}" for k in folds} | {f"score@{fam}"}
     expected |= {f"pseudo@{k}" for k in folds}
@@ -351,7 +352,7 @@ def test_queued_sweep_reuses_the_cached_features(alpha_commit, tmp_path):
         failed = [alpha for alpha, n in names.items() if "Failed" in rows[n]]
         if failed:
             warnings.warn(f"dvc queue failed mixup.alpha={failed}; queued again. "
-                          + "\n".join(why_failed(repo, names[a]) for a in failed))
+                          + "\n".join(why_failed(repo, names[a]) for a in failed), stacklevel=2)
             retried = queue_values(repo, failed)
             start_workers(repo, log)
             rows2, status = wait_for_queue(repo, list(retried.values()), log)
@@ -382,7 +383,8 @@ def test_training_stage_relaunches_under_torchrun_and_only_rank0_writes(repo, fi
     params_file.write_text(text.replace("nproc_per_node: 1", "nproc_per_node: 2", 1))
     metrics_file = repo / "metrics" / "baseline" / "fold1.json"
     metrics_file.unlink()
-    proc = subprocess.run([sys.executable, "stages/train.py", "baseline", "1"], cwd=repo, env={**env(), "FAT_LOG": "INFO"},
+    proc = subprocess.run([sys.executable, "stages/train.py", "baseline", "1"], cwd=repo,
+                          env={**env(), "FAT_LOG": "INFO"},
                           capture_output=True, text=True)
     params_file.write_text(text)
     out = proc.stdout + proc.stderr

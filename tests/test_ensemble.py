@@ -339,11 +339,13 @@ class Project:
 
     def scores(self, quality):
         """Member-like predictions: quality * truth + noise, rounded so the CSV round trip is exact."""
-        return np.round(np.clip(quality * self.truth + (1 - quality) * self.rng.uniform(size=self.truth.shape), 0, 1), 4)
+        noise = self.rng.uniform(size=self.truth.shape)
+        return np.round(np.clip(quality * self.truth + (1 - quality) * noise, 0, 1), 4)
 
     def test_scores(self, quality):
-        return [np.round(np.clip(quality * self.test_truth + (1 - quality) * self.rng.uniform(size=self.test_truth.shape),
-                                 0, 1), 4) for _ in FOLDS]
+        return [np.round(np.clip(quality * self.test_truth
+                                 + (1 - quality) * self.rng.uniform(size=self.test_truth.shape), 0, 1), 4)
+                for _ in FOLDS]
 
     def write(self, family, oof, tests, source="preds", reverse=False):
         """Write fold k's OOF rows (fold-k clips; optionally in reverse order) and test rows."""

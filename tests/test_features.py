@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 
 from fat.data import audio
-from fat.features import extract, logmel
 from fat.data.audio import AudioError
-from fat.features.store import FeatureStore
+from fat.features import extract, logmel
+from fat.features.store import FeatureStore, StoreWriter
 from fat.params import Audio, Features
 
 
@@ -366,3 +366,36 @@ def test_open_index_past_end(stores, tmp_path):
     idx.to_csv(d / "index.csv", index=False)
     with pytest.raises(ValueError, match="past the end"):
         FeatureStore.open(d)
+
+
+# ----------------------------------------------------------------------------- the store writer
+def test_store_writer_round_trip_and_streamed_frames(tmp_path):
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(-40, 10, size=(n, 8)).astype(np.float32) for n in (5, 1, 12)]
+    with StoreWriter(tmp_path / "a", 8, "float32") as w:
+        for i, c in enumerate(clips):
+            w.add(f"c{i}.wav", c, len(c) / 100)
+        meta = w.close({"sr": 100})
+    assert meta == {"sr": 100, "dtype": "float32", "clips": 3, "frames": 18}
+    st = FeatureStore.open(tmp_path / "a")
+    assert st.fnames == ["c0.wav", "c1.wav", "c2.wav"] and st.index["offset"].tolist() == [0, 5, 6]
+    for i, c in enumerate(clips):
+        np.testing.assert_array_equal(st.clip(i), c.T)
+    with StoreWriter(tmp_path / "b", 8, "float32") as w:  # frames streamed in blocks, indexed after
+        w.append(np.concatenate(clips[:2]))
+        w.append(clips[2])
+        for i, c in enumerate(clips):
+            w.clip(f"c{i}.wav", len(c), len(c) / 100)
+        w.close({"sr": 100})
+    for name in ("mels.npy", "index.csv", "meta.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_store_writer_refuses_an_index_that_does_not_cover_the_frames(tmp_path):
+    with StoreWriter(tmp_path / "s", 4) as w:
+        w.append(np.zeros((6, 4), np.float32))
+        w.clip("a.wav", 5, 0.05)
+        with pytest.raises(ValueError, match="index covers 5 frames, 6 were written"):
+            w.close()
+    with StoreWriter(tmp_path / "t", 4) as w, pytest.raises(ValueError, match=r"expected \(n, 4\)"):
+        w.add("a.wav", np.zeros((3, 5), np.float32), 0.03)

@@ -345,7 +345,7 @@ def test_cli_fetch_prints_the_next_step_and_reports_failures(zenodo, tmp_path, c
     assert_tree(dest, contents)
 
     url = zenodo.add("bad", files, wrong_checksum=f"{DOC}.zip")
-    assert cli.main(["fetch", "fsdkaggle2019", str(tmp_path / "x"), "--record-url", url, "--retry-wait", "0"]) == 1
+    assert cli.main(["fetch", "fsdkaggle2019", str(tmp_path / "x"), "--record-url", url, "--retry-wait", "0"]) == 2
     assert f"{DOC}.zip: checksum mismatch" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as e:

@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import soundfile as sf
 import torch
 
 from fat.evaluation import predict
-from fat.training import models
-from fat.params import Model, Tta
-from fat.training.augment import fit_length
 from fat.features.extract import build_store
-from fat.features.store import FeatureStore
+from fat.features.store import FeatureStore, StoreWriter
+from fat.params import Model, Tta
+from fat.training import models
+from fat.training.augment import fit_length
 
 N_MELS = 16
 LENGTH = 16
@@ -27,15 +25,11 @@ MASK = {"freq_masks": 1, "freq_frac": 0.1, "time_masks": 1, "time_frac": 0.1}
 
 
 def write_store(root, clips, dtype="float32"):
-    """A feature store in the on-disk format of fat/features/store.py from (n_mels, frames) arrays."""
-    root.mkdir(parents=True)
-    frames = np.concatenate([c.T for c in clips]).astype(dtype)
-    np.save(root / "mels.npy", frames)
-    lengths = [c.shape[1] for c in clips]
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
-    pd.DataFrame({"fname": [f"clip{i}.wav" for i in range(len(clips))], "offset": offsets, "length": lengths,
-                  "duration": [n / 10 for n in lengths]}).to_csv(root / "index.csv", index=False)
-    (root / "meta.json").write_text(json.dumps({"n_mels": clips[0].shape[0], "dtype": dtype}))
+    """A feature store (fat.features.store's writer) from (n_mels, frames) arrays."""
+    with StoreWriter(root, clips[0].shape[0], dtype) as w:
+        for i, c in enumerate(clips):
+            w.add(f"clip{i}.wav", c.T, c.shape[1] / 10)
+        w.close()
     return FeatureStore.open(root)
 
 
@@ -207,7 +201,8 @@ def test_tta_views_layout():
 
 def test_predict_tta_beta_one_returns_plain(model, store):
     rows = np.arange(len(store))
-    plain, tta = predict.predict_tta(model, store, rows, LENGTH, dataclasses.replace(TTA, beta=1.0), MASK, device=CPU, seed=0)
+    plain, tta = predict.predict_tta(model, store, rows, LENGTH, dataclasses.replace(TTA, beta=1.0), MASK, device=CPU,
+                                     seed=0)
     np.testing.assert_array_equal(tta, plain)
     np.testing.assert_allclose(plain, predict.predict_plain(model, store, rows, LENGTH, device=CPU), rtol=1e-6)
 
@@ -215,7 +210,8 @@ def test_predict_tta_beta_one_returns_plain(model, store):
 def test_predict_tta_blends_plain_with_mean_of_views(model, store):
     rows = np.arange(len(store))
     plain, tta = predict.predict_tta(model, store, rows, LENGTH, TTA, MASK, device=CPU, seed=3, batch_size=5)
-    _, views_only = predict.predict_tta(model, store, rows, LENGTH, dataclasses.replace(TTA, beta=0.0), MASK, device=CPU, seed=3,
+    _, views_only = predict.predict_tta(model, store, rows, LENGTH, dataclasses.replace(TTA, beta=0.0), MASK,
+                                        device=CPU, seed=3,
                                         batch_size=5)
     np.testing.assert_allclose(tta, 0.5 * plain + 0.5 * views_only, rtol=1e-12, atol=1e-12)
     assert not np.allclose(tta, plain)

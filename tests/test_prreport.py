@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,8 @@ import json, pathlib, yaml
 alpha = yaml.safe_load(open("params.yaml"))["mixup"]["alpha"]
 pathlib.Path("metrics/train").mkdir(parents=True, exist_ok=True)
 json.dump({"lwlrap": round(0.8 - alpha / 10, 6), "test_lwlrap": 0.7}, open("metrics/ensemble.json", "w"))
-open("metrics/train/curve.tsv", "w").write("step\\tval_lwlrap\\n" + "".join(f"{s}\\t{0.5 + s * (0.1 - alpha / 20):.4f}\\n" for s in range(1, 5)))
+open("metrics/train/curve.tsv", "w").write(
+    "step\\tval_lwlrap\\n" + "".join(f"{s}\\t{0.5 + s * (0.1 - alpha / 20):.4f}\\n" for s in range(1, 5)))
 """
 DVC_YAML = """\
 stages:

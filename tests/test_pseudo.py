@@ -10,9 +10,9 @@ import torch
 from fat.data import synth
 from fat.data import tables as data
 from fat.features import extract
+from fat.layout import Layout
 from fat.params import Audio, Features, Model, Pseudo, Synth
 from fat.training import models, pseudo
-from fat.layout import Layout
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -266,7 +266,7 @@ def test_report_with_nothing_kept():
     assert rep["kept"] == 0 and rep["kept_share"] == 0.0
     assert rep["kept_top1_agrees"] is None
     assert rep["labels_per_kept_clip"] == 0.0
-    assert rep["per_class"] == {c: 0 for c in CLASSES}
+    assert rep["per_class"] == dict.fromkeys(CLASSES, 0)
 
 
 def test_per_class_table():
@@ -319,7 +319,8 @@ def project(tmp_path_factory):
 
 
 def write_fold_model(layout, fold, classes, probs):
-    models.save(layout.member("finetune", fold) / "model.pt", fixed_model(probs, FEAT_CFG["n_mels"]), Model(**MODEL_CFG),
+    models.save(layout.member("finetune", fold) / "model.pt", fixed_model(probs, FEAT_CFG["n_mels"]),
+                Model(**MODEL_CFG),
                 classes, FEAT_CFG["n_mels"], extra={"crop_frames": 16})
 
 

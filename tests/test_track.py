@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from fat.training import models, track
-from fat.training import loop as train
 from fat.features.store import FeatureStore
 from fat.params import Augment, Mixup, Model, Train
+from fat.training import loop as train
+from fat.training import models, track
 
 
 def tiny_store(root, n_clips=12, n_mels=8, seed=0):
@@ -52,8 +52,8 @@ def test_fit_calls_on_epoch_with_each_completed_record_and_curves_are_logged(tmp
             log_curves(rec)
 
         hist = train.fit(model, data, train=Train(**{"epochs": 4, "batch_size": 4, "lr": 0.01, "eval_every": 2}),
-                         mixup=Mixup(alpha=0.0), augment=Augment(**{"p": 0.0, "freq_masks": 1, "freq_frac": 0.1, "time_masks": 1,
-                                                       "time_frac": 0.1}),
+                         mixup=Mixup(alpha=0.0),
+                         augment=Augment(p=0.0, freq_masks=1, freq_frac=0.1, time_masks=1, time_frac=0.1),
                          seed=0, device=torch.device("cpu"), validate=validate, on_epoch=on_epoch)
     assert seen == hist  # called once per epoch, in order, after the record was complete (val keys included)
     assert [("val_lwlrap" in r) for r in seen] == [False, True, False, True]

@@ -1,20 +1,17 @@
 """Tests for fat/training/loop.py: the crop dataset, training loop, evaluation and device choice."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from fat import metrics
-from fat.training import models
-from fat.training import loop as train
-from fat.training.augment import fit_length
-from fat.features.store import FeatureStore
-from fat.params import Augment, Mixup, Model, Train
 from fat.evaluation.predict import predict_windows
+from fat.features.store import FeatureStore, StoreWriter
+from fat.params import Augment, Mixup, Model, Train
+from fat.training import loop as train
+from fat.training import models
+from fat.training.augment import fit_length
 
 N_MELS = 12
 N_CLASSES = 3
@@ -26,14 +23,11 @@ AUGMENT = {"p": 0.5, "freq_masks": 1, "freq_frac": 0.1, "time_masks": 1, "time_f
 
 
 def write_store(root, clips):
-    """A feature store in the on-disk format of fat/features/store.py from (n_mels, frames) arrays."""
-    root.mkdir(parents=True)
-    np.save(root / "mels.npy", np.concatenate([c.T for c in clips]).astype(np.float16))
-    lengths = [c.shape[1] for c in clips]
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
-    pd.DataFrame({"fname": [f"c{i}.wav" for i in range(len(clips))], "offset": offsets, "length": lengths,
-                  "duration": [n / 10 for n in lengths]}).to_csv(root / "index.csv", index=False)
-    (root / "meta.json").write_text(json.dumps({"n_mels": N_MELS, "dtype": "float16"}))
+    """A float16 feature store (fat.features.store's writer) from (n_mels, frames) arrays."""
+    with StoreWriter(root, N_MELS, "float16") as w:
+        for i, c in enumerate(clips):
+            w.add(f"c{i}.wav", c.T, c.shape[1] / 10)
+        w.close()
     return FeatureStore.open(root)
 
 
@@ -167,7 +161,8 @@ def test_fit_rejects_an_empty_dataset(problem):
     store, targets = problem
     empty = train.CropDataset(store, np.arange(0), targets[:0], LENGTH, seed=0)
     with pytest.raises(ValueError, match="no training data"):
-        train.fit(new_model(), empty, train=Train(**TRAIN_CFG), mixup=Mixup(alpha=0.0), augment=Augment(**AUGMENT), seed=0, device=CPU)
+        train.fit(new_model(), empty, train=Train(**TRAIN_CFG), mixup=Mixup(alpha=0.0), augment=Augment(**AUGMENT),
+                  seed=0, device=CPU)
 
 
 def test_store_pickles_by_path_not_by_content(problem):
@@ -210,7 +205,8 @@ def _fit(store, targets, seed, *, epochs=TRAIN_CFG["epochs"], augment=AUGMENT, m
     tr, va = np.arange(0, 36), np.arange(36, len(store))
     model = new_model(seed, **model_cfg)
     data = train.CropDataset(store, tr, targets[tr], LENGTH, seed=seed)
-    hist = train.fit(model, data, train=Train(**{**TRAIN_CFG, "epochs": epochs, "num_workers": workers}), mixup=Mixup(alpha=mixup),
+    hist = train.fit(model, data, train=Train(**{**TRAIN_CFG, "epochs": epochs, "num_workers": workers}),
+                     mixup=Mixup(alpha=mixup),
                      augment=Augment(**augment), seed=seed, device=CPU,
                      validate=lambda m: train.evaluate(m, store, va, targets[va], LENGTH, device=CPU))
     return model, hist, va

@@ -1,4 +1,5 @@
-"""Offline plots pages (fat/tools/offline_plots.py; the Chromium driver is tests/browser.py): the pinned vega bundles, the self-contained template DVC
+"""Offline plots pages (fat/tools/offline_plots.py; the Chromium driver is tests/browser.py): the
+pinned vega bundles, the self-contained template DVC
 renders with, the DOM reader, and a real headless-Chromium render of a small DVC plots page."""
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import pytest
 from dvc_render import ImageRenderer, VegaRenderer, render_html
 from matplotlib.figure import Figure
 
+import browser
 from fat.evaluation import plots
 from fat.tools import offline_plots
-
-import browser
 
 FAKE_JS = {"vega": "window.vega = {version: '5'};", "vega-lite": "window.vegaLite = {};",
            "vega-embed": "window.vegaEmbed = function () { return Promise.resolve({}); }; // </script> inside"}

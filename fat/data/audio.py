@@ -1,7 +1,11 @@
-"""Loading audio: any wav soundfile reads (any sample rate, bit depth, channel count) becomes a
-mono float32 signal at the requested rate. Problems raise :class:`AudioError` naming the file."""
+"""Reading audio, the one wav reader of the pipeline: `info` reads a file's header (sample rate,
+channels, sample format, length), `load` its samples — by default any wav soundfile reads (any
+sample rate, bit depth, channel count) becomes a mono float32 signal at the requested rate; with
+options, the file's own channels or rate, and NaN/inf samples kept for a validator to report.
+Problems raise :class:`AudioError` naming the file."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +38,38 @@ def check_wav_complete(path: Path) -> None:
             pos += 8 + csize + (csize & 1)
 
 
-def load(path: str | Path, sr: int) -> np.ndarray:
-    """Read `path`, average channels to mono and resample to `sr` Hz (soxr, high quality)."""
+@dataclass(frozen=True)
+class WavInfo:
+    """A sound file's header facts."""
+
+    sample_rate: int
+    channels: int
+    subtype: str  # sample format, e.g. PCM_16, FLOAT
+    frames: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def info(path: str | Path) -> WavInfo:
+    """The header of `path` (checked for truncation first); AudioError when it cannot be read."""
+    path = Path(path)
+    try:
+        check_wav_complete(path)
+        i = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise AudioError(f"{path}: unreadable audio ({e})") from e
+    return WavInfo(int(i.samplerate), int(i.channels), str(i.subtype), int(i.frames))
+
+
+def load(path: str | Path, sr: int | None = None, *, mono: bool = True, finite: bool = True) -> np.ndarray:
+    """Read `path` as float32, average channels to mono and resample to `sr` Hz (soxr, high
+    quality). `sr` None keeps the file's rate; `mono` False returns the samples as stored,
+    (samples, channels) at the file's rate; `finite` False lets NaN/inf samples through (for
+    validation, which reports them)."""
+    if not mono and sr is not None:
+        raise ValueError("audio.load: mono=False reads at the file's own rate; pass sr=None")
     path = Path(path)
     try:
         check_wav_complete(path)
@@ -44,8 +78,11 @@ def load(path: str | Path, sr: int) -> np.ndarray:
         raise AudioError(f"{path}: unreadable audio ({e})") from e
     if y.shape[0] == 0:
         raise AudioError(f"{path}: contains no samples")
-    if not np.isfinite(y).all():
+    if finite and not np.isfinite(y).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
+    if not mono:
+        return y
+    sr = file_sr if sr is None else sr
     y = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
     if file_sr != sr:
         y = soxr.resample(y, file_sr, sr, quality="HQ").astype(np.float32, copy=False)

@@ -22,7 +22,6 @@ from fat.log import progress
 from fat.params import Data, Synth
 
 
-
 def _link_or_copy(src: Path, dst: Path) -> str:
     try:
         os.link(src, dst)
@@ -61,7 +60,8 @@ def import_directory(root: str | Path, out_dir: Path, cfg: Data = Data()) -> tup
     if src.layout == "kaggle":
         shutil.copy2(root / data.SAMPLE_SUBMISSION, out_dir / data.SAMPLE_SUBMISSION)
     else:
-        sources.sample_submission(src.classes, tables["test"]["fname"]).to_csv(out_dir / data.SAMPLE_SUBMISSION, index=False)
+        sources.sample_submission(src.classes, tables["test"]["fname"]).to_csv(out_dir / data.SAMPLE_SUBMISSION,
+                                                                              index=False)
     modes: dict[str, int] = {}
     for split, (csv_name, folder) in data.SPLITS.items():
         if split != "test" or src.test_labelled:

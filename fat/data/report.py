@@ -18,29 +18,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 
 from fat.data import audio
 from fat.data import tables as data
 from fat.log import progress
 from fat.params import Report as ReportSection
 
-SPLITS = ("curated", "noisy", "test")
+SPLITS = tuple(data.SPLITS)
 
 
 def clip_stats(path: str | Path) -> dict:
     """Header facts and levels of one wav; unreadable files raise AudioError naming the file."""
     path = Path(path)
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise audio.AudioError(f"{path}: unreadable audio ({e})") from e
-    y = audio.load(path, info.samplerate)  # mono, native rate (no resampling)
+    info = audio.info(path)
+    y = audio.load(path)  # mono, native rate (no resampling)
     peak = float(np.max(np.abs(y)))
     rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
     return {
-        "sample_rate": int(info.samplerate), "channels": int(info.channels), "subtype": str(info.subtype),
-        "duration": round(info.frames / info.samplerate, 4),
+        "sample_rate": info.sample_rate, "channels": info.channels, "subtype": info.subtype,
+        "duration": round(info.seconds, 4),
         "peak_dbfs": round(_dbfs(peak), 2), "rms_dbfs": round(_dbfs(rms), 2),
     }
 
@@ -167,5 +163,5 @@ def figures(rep: dict, short_s: float) -> dict:
         "label_shift": plots.label_shift(rep["class_counts"]),
         "labels_per_clip": plots.labels_per_clip({s: t["n_labels"] for s, t in tables.items() if t["n_labels"].sum()}),
         "durations": plots.durations({s: t["duration"].to_numpy() for s, t in tables.items()}, short_s),
-        "audio_formats": plots.audio_formats({s: t for s, t in tables.items()}),
+        "audio_formats": plots.audio_formats(dict(tables)),
     }

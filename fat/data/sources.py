@@ -72,7 +72,8 @@ def read_source(root: str | Path) -> tuple[Source | None, list[str]]:
                   f"FSDKaggle2019 Zenodo layout (no {ZENODO_META}/ folder)"]
 
 
-def _read_table(path: Path, classes: list[str], *, need_labels: bool = True) -> tuple[pd.DataFrame | None, list[str], int]:
+def _read_table(path: Path, classes: list[str], *,
+                need_labels: bool = True) -> tuple[pd.DataFrame | None, list[str], int]:
     """(table with fname,labels normalised, problems, rows normalised) for one labels CSV."""
     if not path.exists():
         return None, [f"{path}: missing"], 0
@@ -136,7 +137,8 @@ def _read_kaggle(root: Path) -> tuple[Source | None, list[str]]:
         sub = pd.read_csv(root / data.SAMPLE_SUBMISSION, usecols=["fname"], dtype=str)["fname"].str.strip()
         if set(sub) != set(src.tables["test"]["fname"]):
             problems.append(f"{root / 'test_labels.csv'}: its fnames differ from those of "
-                            f"{root / data.SAMPLE_SUBMISSION} ({len(set(sub) ^ set(src.tables['test']['fname']))} differ)")
+                            f"{root / data.SAMPLE_SUBMISSION} "
+                            f"({len(set(sub) ^ set(src.tables['test']['fname']))} differ)")
     return src, problems
 
 

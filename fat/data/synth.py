@@ -21,10 +21,12 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 from scipy import signal
+
+from fat.data import tables
 from fat.log import progress
 from fat.params import Synth, SynthSplit
 
-SPLITS = ("curated", "noisy", "test")
+SPLITS = tuple(tables.SPLITS)  # curated, noisy, test: the order seeds each split
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
 
 
@@ -448,12 +450,11 @@ def generate(out_dir: str | Path, cfg: Synth, seed: int, n_jobs: int = 0) -> dic
     sr = cfg.sample_rate
     n_classes = cfg.n_classes
     names = class_names(n_classes)
-    folders = {"curated": "train_curated", "noisy": "train_noisy", "test": "test"}
     n_jobs = n_jobs or mp.cpu_count()
     stats: dict = {"n_classes": n_classes, "sample_rate": sr}
     rows = {}
     for spec in split_specs(cfg):
-        d = out_dir / folders[spec.split]
+        d = tables.audio_dir(out_dir, spec.split)
         d.mkdir(parents=True, exist_ok=True)
         jobs = [(spec, i, seed, n_classes, sr, d) for i in range(spec.n_clips)]
         desc = f"synth {spec.split}"
@@ -476,7 +477,8 @@ def generate(out_dir: str | Path, cfg: Synth, seed: int, n_jobs: int = 0) -> dic
         }
 
     def labels_df(results, idx):
-        return pd.DataFrame({"fname": [r[0] for r in results], "labels": [",".join(names[c] for c in r[idx]) for r in results]})
+        return pd.DataFrame({"fname": [r[0] for r in results],
+                             "labels": [",".join(names[c] for c in r[idx]) for r in results]})
 
     labels_df(rows["curated"], 1).to_csv(out_dir / "train_curated.csv", index=False)
     labels_df(rows["noisy"], 1).to_csv(out_dir / "train_noisy.csv", index=False)

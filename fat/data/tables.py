@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
 # split name -> (labels CSV, audio folder). Test labels are optional.
 SPLITS = {
     "curated": ("train_curated.csv", "train_curated"),

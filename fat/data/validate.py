@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 
 from fat.data import audio, sources
 from fat.data import corrections as corr
@@ -50,19 +49,16 @@ def scan_file(path: str | Path, max_seconds: float, min_peak_dbfs: float) -> dic
     if size == 0:
         return {"problem": "empty file (0 bytes)"}
     try:
-        audio.check_wav_complete(path)
-        info = sf.info(str(path))
+        info = audio.info(path)
         if info.frames == 0:
             return {"problem": "contains no samples"}
-        seconds = info.frames / info.samplerate
-        out = {"sr": info.samplerate, "channels": info.channels, "subtype": info.subtype, "seconds": seconds}
+        seconds = info.seconds
+        out = {"sr": info.sample_rate, "channels": info.channels, "subtype": info.subtype, "seconds": seconds}
         if seconds > max_seconds:
             return out | {"problem": f"too long: {seconds:.1f} s > data.max_seconds {max_seconds:g} s"}
-        y, _ = sf.read(str(path), dtype="float32", always_2d=True)
+        y = audio.load(path, mono=False, finite=False)  # as stored: every channel's peak counts
     except audio.AudioError as e:
         return {"problem": str(e).removeprefix(f"{path}: ")}
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        return {"problem": f"unreadable audio ({e})"}
     if not np.isfinite(y).all():
         return out | {"problem": "contains NaN or infinite samples"}
     peak = float(np.abs(y).max())

@@ -25,7 +25,7 @@ import pandas as pd
 
 from fat import metrics
 from fat.data import tables as data
-from fat.io import load_predictions
+from fat.evaluation.oof import load_family
 from fat.layout import Layout
 from fat.params import Ensemble as EnsembleSection
 
@@ -37,22 +37,9 @@ METHODS = ("mean", "weighted", "stack")
 
 def load_member(family: str, folds: list[int], layout: Layout, tta: bool, classes: list[str],
                 fold_agg: str = "mean"):
-    """(OOF fnames, OOF probs, test fnames, test probs averaged over folds) of one family."""
-    where = layout.preds if tta else layout.member
-    oof_fn, oof_p, tests = [], [], []
-    test_fn = None
-    for k in folds:
-        fn, p = load_predictions(where(family, k) / "oof.csv", classes)
-        oof_fn += fn
-        oof_p.append(p)
-        tfn, tp = load_predictions(where(family, k) / "test.csv", classes)
-        if test_fn is not None and tfn != test_fn:
-            raise ValueError(f"{where(family, k) / 'test.csv'}: test clips differ from fold {folds[0]}")
-        test_fn = tfn
-        tests.append(tp)
-    if len(set(oof_fn)) != len(oof_fn):
-        raise ValueError(f"member {family}: out-of-fold predictions overlap between folds")
-    return oof_fn, np.concatenate(oof_p), test_fn, aggregate_folds(tests, fold_agg)
+    """(OOF fnames, OOF probs, test fnames, test probs aggregated over folds) of one family."""
+    preds = load_family(family, folds, layout, tta, classes)
+    return preds.oof_fnames, preds.oof_probs, preds.test_fnames, aggregate_folds(preds.test, fold_agg)
 
 
 def aggregate_folds(preds: list[np.ndarray], how: str = "mean") -> np.ndarray:
@@ -132,10 +119,10 @@ class Combiner:
         self.stack = None
         self.single: int | None = None  # index of the member used alone when the guard trips
 
-    def clone(self) -> "Combiner":
+    def clone(self) -> Combiner:
         return Combiner(self.method, self.weight_step, self.seed, self.guard)
 
-    def fit(self, probs: list[np.ndarray], truth: np.ndarray) -> "Combiner":
+    def fit(self, probs: list[np.ndarray], truth: np.ndarray) -> Combiner:
         self.single = None
         if self.method == "weighted":
             self.weights = fit_weights(probs, truth, self.weight_step)
@@ -232,7 +219,8 @@ def run(cfg: EnsembleSection, folds: list[int], seed: int, layout: Layout = Layo
         "kept": kept, "dropped": dropped,
         "final": kept[combiner.single] if combiner.single is not None else f"{cfg.method} of {', '.join(kept)}",
         "members": {m: {"oof_lwlrap": round(scores[m], 6), "kept": m in kept,
-                        **({"test_lwlrap": round(metrics.lwlrap(test_truth, test[m]), 6)} if test_truth is not None else {})}
+                        **({"test_lwlrap": round(metrics.lwlrap(test_truth, test[m]), 6)}
+                           if test_truth is not None else {})}
                     for m in oof},
         "correlation": {a: {b: round(float(corr.loc[a, b]), 4) for b in corr.columns} for a in corr.index},
     })

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from fat.log import progress
 
-from fat.training.augment import fit_length, spec_augment
 from fat.features.store import FeatureStore
+from fat.log import progress
 from fat.params import Tta
+from fat.training.augment import fit_length, spec_augment
 
 
 def window_starts(n: int, length: int, step: int, offset: int = 0) -> list[int]:

@@ -119,7 +119,8 @@ class FrameRfft:
     def __call__(self, start: int) -> np.ndarray:
         """Transform the frames that begin at signal[start], signal[start + hop], …; returns `out`."""
         if not 0 <= start <= self._last:
-            raise ValueError(f"FrameRfft: frames {start}..{start + self.span} run past a signal of {len(self.signal)} samples")
+            raise ValueError(f"FrameRfft: frames {start}..{start + self.span} run past a signal of "
+                             f"{len(self.signal)} samples")
         if self._handle is not None:
             status = self._forward(self._handle, self._signal_at + 8 * start, self._out_at)
             if status:

@@ -48,7 +48,7 @@ class StoreWriter:
         self._lengths: list[int] = []
         self._durations: list[float] = []
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -95,7 +95,7 @@ class FeatureStore:
     meta: dict
 
     @classmethod
-    def open(cls, root: str | Path) -> "FeatureStore":
+    def open(cls, root: str | Path) -> FeatureStore:
         root = Path(root)
         for name in ("mels.npy", "index.csv", "meta.json"):
             if not (root / name).exists():

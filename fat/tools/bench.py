@@ -124,7 +124,8 @@ def write_store(root: Path, n_frames: int, n_mels: int = 128, dtype: str = "floa
     root.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root.parent).free
     if need > 0.95 * free:
-        raise ValueError(f"{root.parent}: a store of {n_frames} frames needs {need / 1e9:.1f} GB, only {free / 1e9:.1f} GB free")
+        raise ValueError(f"{root.parent}: a store of {n_frames} frames needs {need / 1e9:.1f} GB, "
+                         f"only {free / 1e9:.1f} GB free")
     rng = np.random.default_rng(seed)
     lengths, total = [], 0
     while total < n_frames:
@@ -311,12 +312,14 @@ def summary(res: dict) -> str:
         f"  fat, 1 thread       {lm['ours_audio_s_per_s']:>9.0f}   ({lm['speedup_single_thread']:.2f}x librosa, "
         f"max difference {lm['max_abs_db_diff']:.1e} dB; FFT: {lm['fft_backend']})",
         f"  fat, {lm['all_cores_threads']} threads      {lm['ours_all_cores_audio_s_per_s']:>9.0f}",
-        f"training ({tr['device']}, {tr['torch_threads']} torch threads, batch {tr['batch_size']} x {tr['n_mels']} mels x "
+        f"training ({tr['device']}, {tr['torch_threads']} torch threads, "
+        f"batch {tr['batch_size']} x {tr['n_mels']} mels x "
         f"{tr['crop_frames']} frames, {tr['num_workers']} loader workers): {tr['samples_per_s']:.0f} samples/s, "
         f"{tr['step_ms']} ms/step, data loading {100 * tr['data_loading_share']:.1f}% of step time",
         f"memory: {mem['steps']} training steps on a memory-mapped store of {mem['store_frames']:,} frames x "
         f"{mem['n_mels']} mels ({mem['dtype']}, {mem['store_gb']:.2f} GB): peak RSS {mem['peak_rss_gb']:.2f} GB",
-    ] + ([f"validation (`fat validate`: tables + every wav) of {v['files']:,} generated short wavs: {v['seconds']:.1f} s "
+    ] + ([f"validation (`fat validate`: tables + every wav) of {v['files']:,} generated short wavs: "
+          f"{v['seconds']:.1f} s "
           f"({v['files_per_s']:.0f} files/s, {v['jobs']} workers), peak RSS {v['peak_rss_gb']:.2f} GB "
           f"(each worker at most {v['peak_rss_worker_gb']:.2f} GB)"] if (v := res.get("validate")) else []))
 
@@ -328,14 +331,19 @@ def add_parser(sub) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--params", default="params.yaml", help="params file (model, train, mixup, augment, "
                                                            "features.dtype; default: %(default)s)")
-    p.add_argument("--audio-seconds", type=float, default=300.0, help="audio for the log-mel figures (default: %(default)s)")
+    p.add_argument("--audio-seconds", type=float, default=300.0,
+                   help="audio for the log-mel figures (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="timing rounds (log-mel passes, training epochs), "
                                                           "the best one kept (default: %(default)s)")
-    p.add_argument("--train-steps", type=int, default=30, help="steps per training epoch timed, >= 10 (default: %(default)s)")
-    p.add_argument("--train-frames", type=int, default=200_000, help="frames of the training store (default: %(default)s)")
+    p.add_argument("--train-steps", type=int, default=30,
+                   help="steps per training epoch timed, >= 10 (default: %(default)s)")
+    p.add_argument("--train-frames", type=int, default=200_000,
+                   help="frames of the training store (default: %(default)s)")
     p.add_argument("--store-frames", type=int, default=2_000_000,
-                   help="frames of the memory benchmark's store; FAT2019's noisy set is ~18000000 (default: %(default)s)")
-    p.add_argument("--memory-steps", type=int, default=20, help="training steps in the memory process, >= 10 (default: %(default)s)")
+                   help="frames of the memory benchmark's store; FAT2019's noisy set is ~18000000 "
+                        "(default: %(default)s)")
+    p.add_argument("--memory-steps", type=int, default=20,
+                   help="training steps in the memory process, >= 10 (default: %(default)s)")
     p.add_argument("--validate-files", type=int, default=0,
                    help="also time `fat validate` on a generated directory of this many short wavs; "
                         "FAT2019 has ~29000 (default: 0, skipped)")

@@ -15,6 +15,13 @@ fat: a reproducible FAT2019-style audio tagging pipeline, run by DVC.
 The pipeline itself runs with `dvc repro` (all stages) or `dvc exp run -S key=value`
 (a variant). These subcommands help around it."""
 
+EXIT_CODES = """\
+exit status (every command):
+  0  success
+  1  the command ran and found problems (fat validate: the directory has problems, each listed)
+  2  error: bad arguments, or an input that cannot be used (a missing or invalid file, a params
+     value out of range, a failed download); the message on stderr names it"""
+
 
 def _preset(args) -> int:
     from fat import params
@@ -71,7 +78,7 @@ def _score(args) -> int:
     truth = data.read_labels(args.labels, cols).set_index("fname")
     missing = [f for f in fnames if f not in truth.index]
     if missing:
-        raise SystemExit(f"{args.labels}: no labels for {len(missing)} predicted clips, e.g. {missing[:3]}")
+        raise ValueError(f"{args.labels}: no labels for {len(missing)} predicted clips, e.g. {missing[:3]}")
     y = data.multi_hot(truth.loc[fnames, "labels"], cols)
     keep = y.sum(axis=1) > 0
     out = {"lwlrap": round(metrics.lwlrap(y[keep], probs[keep]), 6), "clips": int(keep.sum())}
@@ -93,7 +100,8 @@ def _synth(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fat", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="fat", description=DESCRIPTION, epilog=EXIT_CODES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("preset", help="merge a params preset (tiny, fat2019) into params.yaml, keeping comments")
@@ -149,7 +157,7 @@ def main(argv=None) -> int:
     log.setup("fat")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         print(f"fat {args.command}: error: {e}", file=sys.stderr)
         return 2
 

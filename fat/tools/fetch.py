@@ -39,7 +39,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("fat.fetch")
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read while downloading / copying
 USER_AGENT = "fat-fetch/0.1 (+https://github.com; python urllib)"
@@ -423,7 +423,8 @@ def joined_view(parts: list[Path]) -> _Concat:
         skip = 4 if f.read(4) in _SPAN_SIGS else 0
     # disk_start[d]: where disk d's byte 0 lands in the joined stream (disk 0 loses its split marker)
     disk_start = [sum(sizes[:d]) - skip for d in range(len(parts))]
-    raw = _Concat([(p, skip if d == 0 else 0, s - (skip if d == 0 else 0)) for d, (p, s) in enumerate(zip(parts, sizes))])
+    raw = _Concat([(p, skip if d == 0 else 0, s - (skip if d == 0 else 0))
+                   for d, (p, s) in enumerate(zip(parts, sizes))])
     name = parts[-1]
     try:
         n_entries, cd_size, cd_start, comment = _read_end_records(raw, disk_start, name, len(parts))
@@ -511,7 +512,8 @@ def _rebase_central_directory(cd: bytes, n_entries: int, disk_start: list[int], 
                 q += width
         disk, offset = values["disk"], values["offset"]
         if disk >= len(disk_start):
-            raise FetchError(f"{name}: member {fname!r} starts on disk {disk + 1}, past the {len(disk_start)} parts given")
+            raise FetchError(f"{name}: member {fname!r} starts on disk {disk + 1}, "
+                             f"past the {len(disk_start)} parts given")
         absolute = disk_start[disk] + offset
         if not 0 <= absolute < data_end:
             raise FetchError(f"{name}: member {fname!r} points outside the archive's data (offset {absolute})")
@@ -695,7 +697,7 @@ def run_cli(args) -> int:
                         retries=args.retries, retry_wait=args.retry_wait, timeout=args.timeout)
     except FetchError as e:
         print(f"fat fetch: error: {e}", file=sys.stderr, flush=True)
-        return 1
+        return 2
     print(f"{args.dataset}: {len(summary['downloaded'])} file(s) downloaded, {len(summary['skipped'])} already "
           f"there; {len(summary['unpacked'])} archive(s) unpacked, {len(summary['already_unpacked'])} already "
           f"unpacked, in {args.dest}")

@@ -188,7 +188,8 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", type=Path, default=None, help="cache directory (default: $FAT_CACHE or ~/.cache/fat)")
     p.add_argument("--repo", type=Path, default=Path("."), help="DVC repository to configure (default: .)")
-    p.add_argument("--no-config", action="store_true", help="only fetch and write the template; leave DVC's config alone")
+    p.add_argument("--no-config", action="store_true",
+                   help="only fetch and write the template; leave DVC's config alone")
     p.set_defaults(func=_offline_plots)
 
 

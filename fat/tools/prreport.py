@@ -30,7 +30,8 @@ def dvc(args: list[str], repo: Path) -> str:
 
 
 def git_rev(rev: str, repo: Path) -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", f"{rev}^{{commit}}"], cwd=repo, capture_output=True, text=True)
+    proc = subprocess.run(["git", "rev-parse", "--short", f"{rev}^{{commit}}"], cwd=repo, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         raise ValueError(f"{repo}: {rev!r} is not a git revision ({proc.stderr.strip()})")
     return proc.stdout.strip()

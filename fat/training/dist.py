@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as td
 
-log = logging.getLogger("fat.dist")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fat import metrics
-from fat.training import augment, dist
-from fat.training.checkpoint import Checkpointer
+from fat.evaluation.predict import predict_windows
 from fat.features.store import FeatureStore
 from fat.log import progress
 from fat.params import Augment, Mixup, Train
-from fat.evaluation.predict import predict_windows
+from fat.training import augment, dist
+from fat.training.checkpoint import Checkpointer
 
-log = logging.getLogger("fat.train")
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:

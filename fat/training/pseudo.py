@@ -22,13 +22,13 @@ import numpy as np
 import pandas as pd
 
 from fat.data import tables as data
-from fat.training import models
+from fat.device import pick_device
+from fat.evaluation.predict import predict_plain
 from fat.features.store import FeatureStore
 from fat.io import save_predictions, write_csv
 from fat.layout import Layout
 from fat.params import Pseudo
-from fat.evaluation.predict import predict_plain
-from fat.device import pick_device
+from fat.training import models
 
 
 def predicted_labels(probs: np.ndarray, label_threshold: float, top_k: int) -> np.ndarray:

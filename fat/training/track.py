@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 # epoch-record keys (fat.train.fit) logged as DVCLive metrics of the same name: one TSV each,
 # plots/metrics/<name>.tsv with columns step (the epoch) and <name>, which is the plot's y label
