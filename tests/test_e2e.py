@@ -2,7 +2,8 @@
 this checkout; then a no-op repro, and a `dvc exp run -S mixup.alpha=…` that reruns only what
 depends on mixup and shows up in `dvc metrics diff`. On the same run: `dvc plots show` drawn in
 headless Chromium, `fat pr-report` between the commits before and after the mixup change, and the
-README's queued sweep (`dvc exp run --queue -S …`, `dvc queue start -j 2`, `dvc exp show`)."""
+queued sweep of docs/experiments.md (`dvc exp run --queue -S …`, `dvc queue start -j 2`,
+`dvc exp show`)."""
 from __future__ import annotations
 
 import json
@@ -182,7 +183,7 @@ def commit(repo: Path, message: str) -> None:
 
 
 def test_folds_train_in_parallel_with_dvc_wait_for_lock(repo, first_repro):
-    """README's parallel-folds recipe: one `dvc --wait-for-lock repro -s` per fold, two at a time.
+    """The parallel-folds recipe of docs/teams.md: one `dvc --wait-for-lock repro -s` per fold, two at a time.
     Both folds run, the lock file records both, and the results equal the serial run's."""
     before = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     proc = subprocess.run("printf 'baseline@%s\\n' 0 1 | xargs -P 2 -I{} dvc --wait-for-lock repro -f -s {}",
@@ -196,7 +197,7 @@ def test_folds_train_in_parallel_with_dvc_wait_for_lock(repo, first_repro):
 
 
 def test_shared_remote_fresh_clone_pulls_and_does_no_work(repo, first_repro, tmp_path):
-    """The team workflow of the README: push outputs and run cache to a shared DVC remote (a local
+    """The team workflow of docs/teams.md: push outputs and run cache to a shared DVC remote (a local
     directory here), clone afresh, pull; the clone is up to date and its metrics are the same."""
     remote = tmp_path / "remote"
     run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
@@ -301,7 +302,7 @@ def exp_refs(repo: Path) -> int:
 def wait_for_queue(repo: Path, names: list[str], log: Path, timeout: float = 1500) -> tuple[dict[str, str], str]:
     """Poll `dvc queue status` until every task in `names` has ended; {name: its status line}.
     Workers that exit while a task is still queued (treeverse/dvc#10562) are started again, as the
-    README says to. `dvc queue status` costs seconds of CPU that the two workers need, so between
+    docs/experiments.md says to. `dvc queue status` costs seconds of CPU that the two workers need, so between
     its calls the wait watches cheap signs (worker processes, experiment refs) and asks DVC only
     when they say the queue may have moved on, or once a minute."""
     deadline = time.monotonic() + timeout
@@ -339,9 +340,9 @@ def why_failed(repo: Path, name: str) -> str:
 
 
 def test_queued_sweep_reuses_the_cached_features(alpha_commit, tmp_path):
-    """The README's sweep: queue three mixup values, run them two at a time, compare. DVC's queue
+    """The sweep of docs/experiments.md: queue three mixup values, run them two at a time, compare. DVC's queue
     with two workers has known races (treeverse/dvc#10673: a task fails inside DVC; #10562: workers
-    exit with a task still queued); the README's remedy (queue a failed value again) is applied
+    exit with a task still queued); the documented remedy (queue a failed value again) is applied
     once, with a warning that carries DVC's logs, and a value that fails twice fails the test."""
     repo = alpha_commit
     log = tmp_path / "queue-start.log"
