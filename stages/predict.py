@@ -1,8 +1,12 @@
 """Stage `predict@{family}-{k}`: test-time-augmented OOF and test predictions of one member."""
-import argparse
+from fat import repro
 
-from fat import family, log, params
-from fat.io import write_json
+REPRO = repro.configure()  # first: numpy and torch read their CPU settings once, when they load
+
+import argparse  # noqa: E402
+
+from fat import family, log, params  # noqa: E402
+from fat.io import write_json  # noqa: E402
 
 
 def main():
@@ -11,6 +15,7 @@ def main():
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
     logger = log.stage(f"predict@{args.family}-{args.fold}")
+    logger.info(repro.describe(REPRO))
     p = params.load()
     result = family.predict_member(args.family, args.fold, p)
     write_json(f"metrics/tta/{args.family}-fold{args.fold}.json", result)

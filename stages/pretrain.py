@@ -1,15 +1,20 @@
 """Stage `pretrain`: train the CNN on the whole noisy set (its own labels); score it on the curated set.
 Runs under torchrun as it is; with params dist.nproc_per_node > 1 it relaunches itself under torchrun."""
-import argparse
-import sys
+from fat import repro
 
-from fat import dist, family, log, params
-from fat.io import write_json
+REPRO = repro.configure()  # first: numpy and torch read their CPU settings once, when they load
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+from fat import dist, family, log, params  # noqa: E402
+from fat.io import write_json  # noqa: E402
 
 
 def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
-    log.stage("pretrain")  # fat.family logs the end with the figures
+    logger = log.stage("pretrain")  # fat.family logs the end with the figures
+    logger.info(repro.describe(REPRO))
     p = params.load()
     dist.relaunch(int(p["dist"]["nproc_per_node"]), __file__, sys.argv[1:])
     result = family.train_pretrain(p)

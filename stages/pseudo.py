@@ -1,8 +1,12 @@
 """Stage `pseudo@k`: pseudo-label the noisy set with the fold-k fine-tuned model only (leak-free)."""
-import argparse
+from fat import repro
 
-from fat import log, params, pseudo
-from fat.io import write_csv, write_json
+REPRO = repro.configure()  # first: numpy and torch read their CPU settings once, when they load
+
+import argparse  # noqa: E402
+
+from fat import log, params, pseudo  # noqa: E402
+from fat.io import write_csv, write_json  # noqa: E402
 
 
 def main():
@@ -10,6 +14,7 @@ def main():
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
     logger = log.stage(f"pseudo@{args.fold}")
+    logger.info(repro.describe(REPRO))
     p = params.load()
     rep = pseudo.label_fold(args.fold, p)
     write_json(f"metrics/pseudo/fold{args.fold}.json", {k: v for k, v in rep.items() if k != "per_class"})
