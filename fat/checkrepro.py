@@ -100,7 +100,7 @@ def select(lock: dict, names: list[str]) -> list[str]:
 
 def not_up_to_date(root: Path, stages: list[str]) -> dict:
     """`dvc status` of the stages: {stage: what changed} for those not matching dvc.lock."""
-    proc = subprocess.run(["dvc", "status", "--json", *stages], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", *stages], cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"dvc status failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return {k: v for k, v in json.loads(proc.stdout or "{}").items() if v}
