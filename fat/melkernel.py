@@ -7,13 +7,13 @@ set numba targets (`NUMBA_CPU_NAME`, the host's AVX-512 or AVX2 or plain SSE2):
 
 - no `fastmath`: reassociation would let LLVM sum a band in as many partial sums as the vector is
   wide (4 with AVX2, 8 with AVX-512), and contraction would fuse products into FMAs where the CPU
-  has them. The band sums instead keep four partial sums in a fixed order, which still hides the
-  add latency;
-- the logarithm is computed here, from the exponent bits (exact) and a fixed polynomial: every library log
-  picks its code by CPU (numpy's AVX2 and AVX-512 loops, glibc's FMA variants, torch's SLEEF
+  has them. The band sums instead run over the frames of a block at once, the frames being the
+  vector lanes: each frame's sum keeps its sequential order and the loop still vectorises;
+- the logarithm is computed here, from the exponent bits (exact) and a fixed polynomial: every
+  library log picks its code by CPU (numpy's AVX2 and AVX-512 loops, glibc's FMA variants, torch's SLEEF
   vectors) and differs between glibc versions, and float16 storage makes a difference in the last
   bit of a float32 show whenever it falls on a rounding boundary. The polynomial is fdlibm's
-  `__ieee754_log` (error below 1 ulp), far inside the 1e-3 dB the features promise.
+  `__ieee754_log` (within 2 ulp of numpy's log10 in dB, tests/test_repro.py), far inside the 1e-3 dB the features promise.
 
 numba is imported here only, so modules that merely read feature stores do not pay for it.
 """
