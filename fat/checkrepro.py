@@ -9,7 +9,7 @@ reported as differing is where a difference starts, not a consequence of an earl
 
 The workspace is left as it was: before a stage runs, its current outputs are moved aside (into
 .dvc/tmp/check-repro/, on the same file system: no copy), and after the comparison the new outputs
-are deleted and the originals moved back, also on errors and Ctrl-C. dvc.lock, params and the DVC
+are deleted and the originals moved back, also on errors, Ctrl-C and SIGTERM. dvc.lock, params and the DVC
 cache are never written. If the process is killed outright, `dvc checkout` restores the outputs
 from the cache (and .dvc/tmp/check-repro/ holds the originals of the stage that was running).
 It refuses to start when a selected stage is not up to date with dvc.lock (`dvc status`): a
@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import subprocess
 import time
@@ -214,7 +215,12 @@ def _main(args) -> int:
         return 2
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through run_stage's `finally`, which puts the outputs back
+
+
 def _run(args) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     for c in args.cores or []:
         if not shutil.which("taskset"):
             raise RuntimeError("--cores needs `taskset` (util-linux)")
