@@ -5,19 +5,21 @@ REPRO = repro.configure()  # first: numpy and torch read their CPU settings once
 
 import argparse  # noqa: E402
 
-from fat import family, log, params  # noqa: E402
+from fat import log, params  # noqa: E402
+from fat.evaluation import tta  # noqa: E402
+from fat.layout import FOLD_FAMILIES  # noqa: E402
 from fat.io import write_json  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("family", choices=family.FOLD_FAMILIES)
+    ap.add_argument("family", choices=FOLD_FAMILIES)
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
     logger = log.stage(f"predict@{args.family}-{args.fold}")
     logger.info(repro.describe(REPRO))
     p = params.load()
-    result = family.predict_member(args.family, args.fold, p)
+    result = tta.predict_member(args.family, args.fold, p)
     write_json(f"metrics/tta/{args.family}-fold{args.fold}.json", result)
     log.done(logger, "%s", result)
 

@@ -7,17 +7,18 @@ REPRO = repro.configure()  # first: numpy and torch read their CPU settings once
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
-from fat import dist, family, log, params  # noqa: E402
+from fat import log, params  # noqa: E402
+from fat.training import dist, members  # noqa: E402
 from fat.io import write_json  # noqa: E402
 
 
 def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
-    logger = log.stage("pretrain")  # fat.family logs the end with the figures
+    logger = log.stage("pretrain")  # fat.training.members logs the end with the figures
     logger.info(repro.describe(REPRO))
     p = params.load()
     dist.relaunch(int(p["dist"]["nproc_per_node"]), __file__, sys.argv[1:])
-    result = family.train_pretrain(p)
+    result = members.train_pretrain(p)
     if result is not None:  # rank 0 (or the only process) writes
         write_json("metrics/pretrain.json", result)
     dist.teardown()

@@ -5,7 +5,8 @@ REPRO = repro.configure()  # first: numpy and torch read their CPU settings once
 
 import argparse  # noqa: E402
 
-from fat import log, params, pseudo  # noqa: E402
+from fat import log, params  # noqa: E402
+from fat.training import pseudo  # noqa: E402
 from fat.io import write_csv, write_json  # noqa: E402
 
 

@@ -7,20 +7,21 @@ REPRO = repro.configure()  # first: numpy and torch read their CPU settings once
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
-from fat import dist, family, log, params  # noqa: E402
+from fat import log, params  # noqa: E402
+from fat.training import dist, members  # noqa: E402
 from fat.io import write_json  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("family", choices=family.FOLD_FAMILIES)
+    ap.add_argument("family", choices=members.FOLD_FAMILIES)
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
-    logger = log.stage(f"{args.family}@{args.fold}")  # fat.family logs the end with the figures
+    logger = log.stage(f"{args.family}@{args.fold}")  # fat.training.members logs the end with the figures
     logger.info(repro.describe(REPRO))
     p = params.load()
     dist.relaunch(int(p["dist"]["nproc_per_node"]), __file__, sys.argv[1:])
-    result = family.train_member(args.family, args.fold, p)
+    result = members.train_member(args.family, args.fold, p)
     if result is not None:  # rank 0 (or the only process) writes
         write_json(f"metrics/{args.family}/fold{args.fold}.json", result)
     dist.teardown()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fat import checkrepro, cli
+from fat.tools import checkrepro, cli
 
 DVC_YAML = """\
 stages:

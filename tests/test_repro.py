@@ -14,14 +14,15 @@ import pytest
 import soundfile as sf
 import yaml
 
-from fat import melkernel, repro
+from fat import repro
+from fat.features import melkernel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 STORE_HASH = """
 import hashlib, json, sys
 from pathlib import Path
-from fat import features
+from fat.features import extract as features
 paths = sorted(Path(sys.argv[1]).glob("*.wav"))
 kw = features.feature_kwargs({"sample_rate": 22050}, {"n_fft": 1024, "hop_length": 512, "n_mels": 64,
                                                       "fmin": 20.0, "fmax": None})
