@@ -26,8 +26,6 @@ from typing import Any
 
 import yaml
 
-from fat.io import atomic_path
-
 PRESETS_DIR = Path(__file__).with_name("presets")
 FOLD_FAMILIES = ("baseline", "finetune", "retrain")  # the families with one member per fold
 MODEL_CHANNELS = ("mel", "delta", "delta2", "mfcc")
@@ -291,6 +289,17 @@ class Train(Section):
 
 
 @dataclass(frozen=True)
+class Repro(Section):
+    """Reproducibility of the stages that run the model (applied by fat.repro before torch loads)."""
+
+    SECTION: typing.ClassVar[str] = "repro"
+
+    strict: bool = knob(True)
+    isa: str = knob("avx2", choices=("avx2", "sse4.2"))
+    threads: int = knob(2, ">= 1", lambda v: v >= 1)
+
+
+@dataclass(frozen=True)
 class Dist(Section):
     SECTION: typing.ClassVar[str] = "dist"
 
@@ -416,6 +425,7 @@ class Params(Section):
     cv: CV = CV()
     model: Model = Model()
     train: Train = Train()
+    repro: Repro = Repro()
     dist: Dist = Dist()
     mixup: Mixup = Mixup()
     augment: Augment = Augment()
@@ -532,6 +542,8 @@ def apply_preset(name: str, params_path: str | Path = "params.yaml") -> dict:
     ry.dump(doc, buf)
     merged = yaml.safe_load(buf.getvalue())
     Params.build(merged, str(params_path))
+    from fat.io import atomic_path  # numpy-free at import: fat.repro reads params before numpy loads
+
     with atomic_path(params_path) as tmp:
         tmp.write_text(buf.getvalue())
     return merged

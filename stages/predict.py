@@ -1,11 +1,15 @@
 """Stage `predict@{family}-{k}`: test-time-augmented OOF and test predictions of one member."""
-import argparse
+from fat import repro
 
-from fat import log, params
-from fat.evaluation import tta
-from fat.io import write_json
-from fat.layout import Layout
-from fat.params import FOLD_FAMILIES
+REPRO = repro.configure()  # first: numpy and torch read their CPU settings once, when they load
+
+import argparse  # noqa: E402
+
+from fat import log, params  # noqa: E402
+from fat.evaluation import tta  # noqa: E402
+from fat.io import write_json  # noqa: E402
+from fat.layout import Layout  # noqa: E402
+from fat.params import FOLD_FAMILIES  # noqa: E402
 
 LAYOUT = Layout()
 
@@ -16,6 +20,7 @@ def main():
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
     logger = log.stage(f"predict@{args.family}-{args.fold}")
+    logger.info(repro.describe(REPRO))
     p = params.load()
     result = tta.predict_member(args.family, args.fold, p.tta, p.augment, p.seed)
     write_json(LAYOUT.metrics(f"tta/{args.family}-fold{args.fold}"), result)

@@ -1,19 +1,24 @@
 """Stage `pretrain`: train the CNN on the whole noisy set (its own labels); score it on the curated set.
 Runs under torchrun as it is; with params dist.nproc_per_node > 1 it relaunches itself under torchrun."""
-import argparse
-import sys
+from fat import repro
 
-from fat import log, params
-from fat.io import write_json
-from fat.layout import Layout
-from fat.training import dist, members
+REPRO = repro.configure()  # first: numpy and torch read their CPU settings once, when they load
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+from fat import log, params  # noqa: E402
+from fat.io import write_json  # noqa: E402
+from fat.layout import Layout  # noqa: E402
+from fat.training import dist, members  # noqa: E402
 
 LAYOUT = Layout()
 
 
 def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
-    log.stage("pretrain")  # fat.training.members logs the end with the figures
+    logger = log.stage("pretrain")  # fat.training.members logs the end with the figures
+    logger.info(repro.describe(REPRO))
     p = params.load()
     dist.relaunch(p.dist.nproc_per_node, __file__, sys.argv[1:])
     result = members.train_pretrain(p)

@@ -1,10 +1,14 @@
 """Stage `pseudo@k`: pseudo-label the noisy set with the fold-k fine-tuned model only (leak-free)."""
-import argparse
+from fat import repro
 
-from fat import log, params
-from fat.io import write_csv, write_json
-from fat.layout import Layout
-from fat.training import pseudo
+REPRO = repro.configure()  # first: numpy and torch read their CPU settings once, when they load
+
+import argparse  # noqa: E402
+
+from fat import log, params  # noqa: E402
+from fat.io import write_csv, write_json  # noqa: E402
+from fat.layout import Layout  # noqa: E402
+from fat.training import pseudo  # noqa: E402
 
 LAYOUT = Layout()
 
@@ -14,6 +18,7 @@ def main():
     ap.add_argument("fold", type=int)
     args = ap.parse_args()
     logger = log.stage(f"pseudo@{args.fold}")
+    logger.info(repro.describe(REPRO))
     p = params.load()
     rep = pseudo.label_fold(args.fold, p.pseudo)
     write_json(LAYOUT.metrics(f"pseudo/fold{args.fold}"), {k: v for k, v in rep.items() if k != "per_class"})

@@ -4,13 +4,17 @@ centred, zero-padded, periodic-Hann STFT, in dB with ref 1.0, amin 1e-10, no top
 - frames are transformed 16 at a time straight from the signal (no framed copy), in float64 like
   librosa: a float32 FFT is not enough for the contract, since its rounding noise (about 1e-7 of
   a frame's energy) shows in any band 60 dB below the frame's loudest one (pure tones are off by up
-  to ~1 dB). `fat.features.fft` runs them through one MKL descriptor per thread, configured once,
-  instead of torch.fft's set-up on every call;
+  to ~1 dB). `fat.features.fft` transforms a block of frames read in place from the signal buffer;
 - the Hann window is applied in the frequency domain (X[k]/2 - (X[k-1] + X[k+1])/4, exact for the
   periodic Hann window), so the FFT reads the overlapping frames in place;
 - the mel filterbank (librosa's own) is sparse: each band is a short run of bins, so a compiled
-  kernel (numba) takes one dot product per band over just that run, while the block's spectra are
-  still in cache, instead of a dense (n_mels x bins) product.
+  kernel (`fat.features.melkernel`, numba) takes one dot product per band over just that run,
+  while the block's spectra are still in cache, instead of a dense (n_mels x bins) product, and
+  takes its dB there too.
+The CPU path gives the same bits on every x86-64 CPU: the FFT is pocketfft (`fat.features.fft`, no
+run-time dispatch), the kernel uses only correctly rounded double operations in a fixed order and
+its own logarithm (`fat.features.melkernel` says why), and float32 -> float16 is IEEE
+round-to-nearest-even.
 On CUDA the same definition runs in torch on the GPU. The computation is thread-safe (per-thread
 buffers; the kernel and the FFT release the GIL): `fat.features.extract` runs it in threads.
 """
@@ -28,13 +32,12 @@ from fat.features import fft
 _AMIN = 1e-10  # power floor of power_to_db (-100 dB)
 _BLOCK = 16  # frames per FFT call: their spectra (262 KB at n_fft 2048) stay in cache for the kernel
 _CHUNK_BLOCKS = 8  # blocks per stretch of the signal copied to float64 at once (128 frames)
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # lets the band sums vectorise; no inf/nan shortcuts
 
 
 class MelBank(NamedTuple):
-    """librosa's mel filterbank (float32, n_mels x bins) and its nonzero runs over an interleaved
-    row of squared (real, imaginary) parts: band m sums `row[start[m]:stop[m]]` weighted by
-    `weights[offset[m]:offset[m+1]]` (float64, each bin's weight twice)."""
+    """librosa's mel filterbank (float32, n_mels x bins) and its nonzero runs over a row of bin
+    powers: band m sums `power[start[m]:stop[m]]` weighted by `weights[offset[m]:offset[m+1]]`
+    (float64)."""
 
     dense: np.ndarray
     start: np.ndarray
@@ -48,68 +51,27 @@ def mel_bank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> MelB
     import librosa  # the definition of the filterbank (slaney scale and norm, float32)
 
     dense = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
-    lo = np.zeros(n_mels, np.int64)
-    hi = np.zeros(n_mels, np.int64)
+    start = np.zeros(n_mels, np.int64)
+    stop = np.zeros(n_mels, np.int64)
     for m, row in enumerate(dense):
         nz = np.flatnonzero(row)
         if len(nz):  # an empty band (too many mels for n_fft) stays at the -100 dB floor, as in librosa
-            lo[m], hi[m] = nz[0], nz[-1] + 1
-    offset = np.concatenate([[0], np.cumsum(2 * (hi - lo))]).astype(np.int64)
-    weights = np.concatenate([dense[m, lo[m] : hi[m]] for m in range(n_mels)] + [np.zeros(0, np.float32)])
-    weights = np.repeat(weights.astype(np.float64), 2)
-    start, stop = 2 * lo, 2 * hi
+            start[m], stop[m] = nz[0], nz[-1] + 1
+    offset = np.concatenate([[0], np.cumsum(stop - start)]).astype(np.int64)
+    weights = np.concatenate([dense[m, start[m] : stop[m]] for m in range(n_mels)] + [np.zeros(0, np.float32)])
+    weights = weights.astype(np.float64)
     for arr in (dense, start, stop, offset, weights):
         arr.setflags(write=False)
     return MelBank(dense, start, stop, offset, weights)
 
 
-def _hann_mel_power(spec, n_valid, n_fft, start, stop, offset, weights, sq, out):
-    """spec (frames, 2 * bins) float64: the rfft of *unwindowed* frames, each bin a (real,
-    imaginary) pair. Writes the mel power of the periodic-Hann-windowed frames into
-    out[:n_valid] (frames, n_mels; any strides).
-
-    The window is the frequency-domain stencil Z[k] = X[k]/2 - (X[k-1] + X[k+1])/4 (exact for the
-    periodic Hann window). It acts on real and imaginary parts alike, so on the interleaved row it
-    is one contiguous stencil with offsets of two; its squares go into sq (2 * bins,) float64, and
-    each band is a dot product of its weights (each bin's twice) with a contiguous run of sq.
-    Indices are offsets into slices, never `i - 2`: numba's negative-index handling would
-    otherwise keep these loops from vectorising."""
-    n2 = spec.shape[1]
-    mirror = n_fft - n2 // 2  # X[n_bins] is the conjugate of X[mirror] (real input)
-    last = n2 - 2  # the last bin's real part
-    n = n2 - 4
-    inner = sq[2 : n + 2]
-    for j in range(n_valid):
-        x = spec[j]
-        before, here, after = x[0:n], x[2 : n + 2], x[4 : n + 4]
-        for i in range(n):
-            z = 0.5 * here[i] - 0.25 * (before[i] + after[i])
-            inner[i] = z * z
-        re = 0.5 * (x[0] - x[2])  # bin 0: X[-1] = conj(X[1]), so the imaginary parts cancel
-        im = 0.5 * x[1]
-        sq[0], sq[1] = re * re, im * im
-        re = 0.5 * x[last] - 0.25 * (x[last - 2] + x[2 * mirror])
-        im = 0.5 * x[last + 1] - 0.25 * (x[last - 1] - x[2 * mirror + 1])
-        sq[last], sq[last + 1] = re * re, im * im
-        for m in range(start.shape[0]):
-            run, w = sq[start[m] : stop[m]], weights[offset[m] : offset[m + 1]]
-            acc = 0.0
-            for i in range(run.shape[0]):
-                acc += w[i] * run[i]
-            out[j, m] = acc
-
-
 @functools.cache
 def _kernel():
-    """`_hann_mel_power` compiled (once per machine: numba caches it next to this file); numba is
-    imported only here, so modules that merely read stores do not pay for it."""
-    import numba
+    """The compiled band-power-and-dB kernel (`fat.features.melkernel`); numba is imported only then, so
+    modules that merely read stores do not pay for it."""
+    from fat.features import melkernel
 
-    options = dict(nogil=True, boundscheck=False, fastmath=_FASTMATH)
-    try:
-        return numba.njit(cache=True, **options)(_hann_mel_power)
-    except RuntimeError:  # no writable cache location (read-only install, no home): compile per process
-        return numba.njit(**options)(_hann_mel_power)
+    return melkernel.compile_kernel()
 
 
 class _Workspace(threading.local):
@@ -117,16 +79,20 @@ class _Workspace(threading.local):
     cost page faults that show on short clips)."""
 
     def __init__(self):
-        self.key = None
+        self.key, self.bands = None, ()
 
-    def get(self, n_fft: int, hop_length: int):
+    def get(self, n_fft: int, hop_length: int, n_mels: int):
         if self.key != (n_fft, hop_length):
             n_bins, frames = n_fft // 2 + 1, _BLOCK * _CHUNK_BLOCKS
             self.signal = np.zeros((frames - 1) * hop_length + n_fft)  # float64 stretch of the padded signal
             self.spec = np.zeros((_BLOCK, n_bins), np.complex128)
             self.rfft = fft.FrameRfft(n_fft, hop_length, _BLOCK, self.signal, self.spec)
-            self.sq = np.zeros(2 * n_bins)
+            self.sq = np.zeros(2 * n_bins)  # one frame's squared (real, imaginary) parts
+            self.power = np.zeros((n_bins, _BLOCK))  # a block's windowed bin powers, bin-major
             self.key = (n_fft, hop_length)
+        if len(self.bands) != n_mels:
+            self.bands = np.zeros((n_mels, _BLOCK))  # a block's band powers, then their dB
+            self.scratch = np.zeros(n_mels * _BLOCK, np.int64)
         return self
 
 
@@ -160,11 +126,10 @@ def _to_db(mel):
 
 
 def _mel_frames_cpu(y: np.ndarray, bank: MelBank, n_fft: int, hop_length: int, out: np.ndarray) -> np.ndarray:
-    """The mel power (before dB) of every frame into `out` (frames, n_mels), which may be a
-    transposed view."""
+    """The log-mel (dB) of every frame into `out` (frames, n_mels), which may be a transposed view."""
     pad, n = n_fft // 2, len(y)
     total = out.shape[0]
-    ws = _workspace.get(n_fft, hop_length)
+    ws = _workspace.get(n_fft, hop_length, len(bank.start))
     sig, span = ws.signal, len(ws.signal)
     spec = ws.spec.view(np.float64)  # (frames, 2 * bins): (real, imaginary) pairs
     kernel = _kernel()
@@ -178,8 +143,8 @@ def _mel_frames_cpu(y: np.ndarray, bank: MelBank, n_fft: int, hop_length: int, o
         sig[b - g0 :] = 0.0
         for f0 in range(0, nf, _BLOCK):  # FFT a block, then reduce it while it is still in cache
             ws.rfft(f0 * hop_length)
-            kernel(spec, min(_BLOCK, nf - f0), n_fft, bank.start, bank.stop, bank.offset, bank.weights, ws.sq,
-                   out[first + f0 : first + f0 + _BLOCK])
+            kernel(spec, min(_BLOCK, nf - f0), n_fft, bank.start, bank.stop, bank.offset, bank.weights, _AMIN,
+                   ws.sq, ws.power, ws.bands, ws.scratch, out[first + f0 : first + f0 + _BLOCK])
     return out
 
 
@@ -212,7 +177,7 @@ def _log_mel(y, sr, n_fft, hop_length, n_mels, fmin, fmax, device, frames_major:
     shape = (total, len(bank.dense))
     mel = np.empty(shape if frames_major else shape[::-1], np.float32)
     _mel_frames_cpu(y, bank, int(n_fft), int(hop_length), mel if frames_major else mel.T)
-    return _to_db(mel)
+    return mel
 
 
 def log_mel_frames(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax, device=None) -> np.ndarray:
