@@ -1,14 +1,16 @@
 """Stage `prepare`: bring data.source (the embedded generator, or a directory in the Kaggle or
-FSDKaggle2019 layout) into data/raw, validated; quarantined files go to the quarantine report."""
+FSDKaggle2019 layout) into data/raw, validated; quarantined files go to the quarantine report.
+Also writes data/manifest/: the content digests the downstream stages depend on (fat/manifest.py)."""
 import argparse
 
-from fat import log, params, prepare
+from fat import log, manifest, params, prepare
 from fat.io import write_csv, write_json
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="data/raw")
+    ap.add_argument("--manifest", default="data/manifest", help="digests of data/raw for DVC (fat/manifest.py)")
     ap.add_argument("--metrics", default="metrics/prepare.json")
     ap.add_argument("--quarantine", default="metrics/quarantine.csv",
                     help="report of the audio files left out under data.on_bad_audio: skip")
@@ -18,6 +20,7 @@ def main():
     cfg = p["data"]
     stats, bad = prepare.prepare(str(cfg["source"]), args.out, p["synth"], seed=int(p["seed"]),
                                  n_jobs=int(cfg.get("n_jobs", 0)), cfg=cfg)
+    manifest.write(args.out, args.manifest, n_jobs=int(cfg.get("n_jobs", 0)))
     write_json(args.metrics, stats)
     write_csv(args.quarantine, bad)
     if len(bad):
