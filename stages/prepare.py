@@ -1,16 +1,17 @@
 """Stage `prepare`: bring data.source (the embedded generator, or a directory in the Kaggle or
 FSDKaggle2019 layout) into data/raw, validated; quarantined files go to the quarantine report.
-Also writes data/manifest/: the content digests the downstream stages depend on (fat/manifest.py)."""
+Also writes data/manifest/: the content digests the downstream stages depend on (fat/data/manifest.py)."""
 import argparse
 
-from fat import log, manifest, params, prepare
+from fat import log, params
+from fat.data import manifest, prepare
 from fat.io import write_csv, write_json
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="data/raw")
-    ap.add_argument("--manifest", default="data/manifest", help="digests of data/raw for DVC (fat/manifest.py)")
+    ap.add_argument("--manifest", default="data/manifest", help="digests of data/raw for DVC (fat/data/manifest.py)")
     ap.add_argument("--metrics", default="metrics/prepare.json")
     ap.add_argument("--quarantine", default="metrics/quarantine.csv",
                     help="report of the audio files left out under data.on_bad_audio: skip")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from fat import bench, cli, params
-from fat.features import FeatureStore
+from fat import params
+from fat.tools import bench, cli
+from fat.features.store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def test_bench_writes_sane_figures(tmp_path, capsys):
     assert val["problems"] == 0 and val["seconds"] > 0 and val["files_per_s"] > 0
     assert 0.05 < val["peak_rss_gb"] < 8 and "validation" in printed
 
-    ov = res["stage_overhead"]  # a real `dvc repro` of a stage importing fat.family, in a throwaway repo
+    ov = res["stage_overhead"]  # a real `dvc repro` of a stage importing the training code, in a throwaway repo
     assert ov["files"] == 50 and ov["rounds"] == 1
     assert ov["stage_imports_s"] > 0 and ov["stage_overhead_s"] > ov["stage_imports_s"]
     assert ov["noop_repro_s"] > 0 and ov["status_s"] > 0 and ov["dvc_per_stage_s"] > -1

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fat import data, manifest
+from fat.data import manifest
+from fat.data import tables as data
 
 
 @pytest.fixture

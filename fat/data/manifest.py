@@ -18,7 +18,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fat import data
+from fat.data import tables as data
 from fat.io import atomic_path
 from fat.log import progress
 

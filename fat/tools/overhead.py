@@ -5,7 +5,7 @@ wavs) and its digest file (like data/manifest/), three stages run under `dvc rep
 
 - `empty`: `python -c pass`, depending on the digest file: DVC's own cost per stage (start-up,
   dependency and output hashing, the lock file rewrite) plus an interpreter start;
-- `imports`: a stage that imports what the training and predict stages import (`fat.family`:
+- `imports`: a stage that imports what the training stages import (`fat.training.members`:
   torch, pandas, the model and training code) and writes one small file: the whole overhead such
   a stage pays before and after its work;
 - `directory`: `python -c pass` depending on the directory itself, for the cost of a directory
@@ -29,7 +29,7 @@ from pathlib import Path
 PROBE = textwrap.dedent("""\
     import json, sys, time
     t0 = time.perf_counter()
-    from fat import family  # noqa: F401  what train/predict stages import
+    from fat.training import members  # noqa: F401  what the training stages import
     t1 = time.perf_counter()
     with open(sys.argv[1], "w") as f:
         f.write("ok\\n")
@@ -41,7 +41,7 @@ PROBE = textwrap.dedent("""\
 
 def _env() -> dict:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    root = str(Path(__file__).resolve().parents[1])  # the probe imports this checkout's fat
+    root = str(Path(__file__).resolve().parents[2])  # the probe imports this checkout's fat
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -111,7 +111,7 @@ def measure(workdir: str | Path | None = None, files: int = 3000, rounds: int = 
 
 
 def summary(o: dict) -> str:
-    return (f"stage overhead (a train/predict stage's wall time minus its own work, median of {o['rounds']}): "
+    return (f"stage overhead (a training stage's wall time minus its own work, median of {o['rounds']}): "
             f"{o['stage_overhead_s']:.2f} s, of which DVC {o['dvc_per_stage_s']:.2f} s and imports {o['stage_imports_s']:.2f} s; "
             f"a dependency on a directory of {o['files']:,} files adds {o['directory_dep_s']:.2f} s "
             f"per stage; no-op dvc repro {o['noop_repro_s']:.2f} s, dvc status {o['status_s']:.2f} s (3 stages)")
