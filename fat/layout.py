@@ -15,6 +15,11 @@ class Layout:
     def raw(self) -> Path:
         return self.root / "data/raw"
 
+    @property
+    def manifest(self) -> Path:
+        """Digests of data/raw per split (fat/data/manifest.py): what the stages after prepare depend on."""
+        return self.root / "data/manifest"
+
     def features(self, split: str) -> Path:
         return self.root / "data/features" / split
 

@@ -24,7 +24,7 @@ def test_bench_writes_sane_figures(tmp_path, capsys):
     tiny.write_text(yaml.safe_dump(params.merge(params.read(ROOT / "params.yaml"), params.load_preset("tiny"))))
     argv = ["bench", "--json", str(out), "--params", str(tiny), "--audio-seconds", "2",
             "--rounds", "1", "--train-steps", "10", "--train-frames", "4000", "--store-frames", "30000",
-            "--memory-steps", "10", "--validate-files", "40", "--workdir", str(work)]
+            "--memory-steps", "10", "--validate-files", "40", "--overhead-files", "50", "--workdir", str(work)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     res = json.loads(out.read_text())
@@ -54,12 +54,20 @@ def test_bench_writes_sane_figures(tmp_path, capsys):
     assert val["files"] == 40 and val["curated_files"] + val["noisy_files"] + val["test_files"] == 40
     assert val["problems"] == 0 and val["seconds"] > 0 and val["files_per_s"] > 0
     assert 0.05 < val["peak_rss_gb"] < 8 and "validation" in printed
-    assert list(work.iterdir()) == []  # the generated stores and wavs are deleted
+
+    ov = res["stage_overhead"]  # a real `dvc repro` of a stage importing the training code, in a throwaway repo
+    assert ov["files"] == 50 and ov["rounds"] == 1
+    assert ov["stage_imports_s"] > 0 and ov["stage_overhead_s"] > ov["stage_imports_s"]
+    assert ov["noop_repro_s"] > 0 and ov["status_s"] > 0 and ov["dvc_per_stage_s"] > -1
+    assert "stage overhead" in printed
+    assert list(work.iterdir()) == []  # the generated stores, wavs and repository are deleted
 
 
 def test_bench_rejects_too_few_steps(capsys):
     assert cli.main(["bench", "--train-steps", "5"]) == 2
     assert "--train-steps must be at least 10" in capsys.readouterr().err
+    assert cli.main(["bench", "--overhead-files", "-1"]) == 2
+    assert "--overhead-files must be 0 (skip) or positive" in capsys.readouterr().err
 
 
 def test_write_store_is_a_deterministic_feature_store(tmp_path):

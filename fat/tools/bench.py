@@ -11,6 +11,8 @@
   `--store-frames` frames x 128 mels (float16 by `features.dtype`) memory-mapped and runs training
   steps on crops spread over all of it. FAT2019's noisy set is about 18 million frames
   (`--store-frames 18000000`, a 4.6 GB file; the store is deleted afterwards).
+- stage overhead: a training stage's wall time under `dvc repro` minus its own work, split
+  into DVC's per-stage cost and the imports, in a throwaway DVC repository (fat/tools/overhead.py).
 """
 from __future__ import annotations
 
@@ -298,6 +300,10 @@ def run(args) -> dict:
         out["training"].update(store_frames=small["frames"], n_mels=small["n_mels"])
         if args.validate_files:
             out["validate"] = bench_validate(work / "validate", args.validate_files)
+        if args.overhead_files:
+            from fat.tools import overhead
+
+            out["stage_overhead"] = overhead.measure(work, args.overhead_files, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -321,7 +327,14 @@ def summary(res: dict) -> str:
     ] + ([f"validation (`fat validate`: tables + every wav) of {v['files']:,} generated short wavs: "
           f"{v['seconds']:.1f} s "
           f"({v['files_per_s']:.0f} files/s, {v['jobs']} workers), peak RSS {v['peak_rss_gb']:.2f} GB "
-          f"(each worker at most {v['peak_rss_worker_gb']:.2f} GB)"] if (v := res.get("validate")) else []))
+          f"(each worker at most {v['peak_rss_worker_gb']:.2f} GB)"] if (v := res.get("validate")) else [])
+      + ([_overhead_summary(o)] if (o := res.get("stage_overhead")) else []))
+
+
+def _overhead_summary(o: dict) -> str:
+    from fat.tools import overhead
+
+    return overhead.summary(o)
 
 
 def add_parser(sub) -> None:
@@ -347,6 +360,9 @@ def add_parser(sub) -> None:
     p.add_argument("--validate-files", type=int, default=0,
                    help="also time `fat validate` on a generated directory of this many short wavs; "
                         "FAT2019 has ~29000 (default: 0, skipped)")
+    p.add_argument("--overhead-files", type=int, default=3000,
+                   help="files in the directory of the stage-overhead repository, like data/raw's wavs "
+                        "(default: %(default)s; 0 skips the stage-overhead figures)")
     p.add_argument("--workdir", default=None, help="where the generated stores go (default: the system temp dir)")
     p.set_defaults(func=main)
 
@@ -357,6 +373,8 @@ def main(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if args.validate_files < 0:
         raise ValueError("--validate-files must be 0 (skip) or positive")
+    if args.overhead_files < 0:
+        raise ValueError("--overhead-files must be 0 (skip) or positive")
     for name in ("train_steps", "memory_steps"):  # the one-cycle schedule needs a few steps per phase
         if getattr(args, name) < 10:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 10")
