@@ -8,8 +8,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from fat.errors import DataError
 
-class AudioError(ValueError):
+
+class AudioError(DataError):
     """A file that cannot be turned into usable audio; the message names the file and the problem."""
 
 

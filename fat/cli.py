@@ -48,10 +48,17 @@ def _prune_lock(args) -> int:
 
 
 def _validate(args) -> int:
-    from fat import prepare
+    from fat import corrections, params, prepare
+    from fat.errors import DataError
 
-    problems = prepare.validate_layout(args.directory, max_seconds=args.max_seconds,
-                                       min_peak_dbfs=args.min_peak_dbfs, n_jobs=args.jobs)
+    bad = [p for p in (params.check_number("--max-seconds (data.max_seconds)", args.max_seconds, low=0),
+                       params.check_number("--min-peak-dbfs (data.min_peak_dbfs)", args.min_peak_dbfs, high=0),
+                       params.check_number("--jobs (data.n_jobs)", args.jobs, low=0, integer=True)) if p]
+    if bad:
+        raise DataError(*bad)
+    path = corrections.resolve(args.corrections)
+    problems = prepare.validate_layout(args.directory, max_seconds=args.max_seconds, min_peak_dbfs=args.min_peak_dbfs,
+                                       n_jobs=args.jobs, corrections=None if path is None else corrections.read(path))
     for p in problems:
         print(p)
     verdict = "OK: a valid Kaggle or FSDKaggle2019 layout" if not problems else f"{len(problems)} problem(s)"
@@ -111,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-peak-dbfs", type=float, default=-80.0,
                    help="clips whose peak is at or below this are silent (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (0 = all cores)")
+    p.add_argument("--corrections", default=None,
+                   help="also check a corrections file against the tables: a shipped name (e.g. fat2019_curated) "
+                        "or a path, as data.corrections")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("score", help="lwlrap of a Kaggle-format predictions CSV against a fname,labels CSV")

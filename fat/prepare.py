@@ -15,15 +15,22 @@ from pathlib import Path
 import pandas as pd
 
 from fat import corrections as corr
-from fat import data, sources, synth, validate
+from fat import data, params, sources, synth, tables, validate
+from fat.errors import DataError
 from fat.io import atomic_path
 from fat.log import progress
 
-POLICIES = ("error", "skip")
+POLICIES = params.BAD_AUDIO_POLICIES
 DEFAULTS = {"on_bad_audio": "error", "corrections": None, "max_seconds": 60.0, "min_peak_dbfs": -80.0, "n_jobs": 0}
 
 
-def _link_or_copy(src: Path, dst: Path) -> str:
+def _link_or_copy(src_dir: Path, dst_dir: Path, fname: str) -> str:
+    """Import `src_dir/fname` as `dst_dir/fname`; `fname` must be a plain name (validation refuses
+    others first; this is the last guard against writing outside `dst_dir`)."""
+    problem = tables.fname_problem(fname) if fname else "empty"
+    if problem:
+        raise DataError(f"{src_dir}: refusing to import {fname!r}: {problem}")
+    src, dst = Path(os.path.realpath(src_dir / fname)), dst_dir / fname  # a symlinked wav: import the file it points at, never the link itself
     try:
         os.link(src, dst)
         return "hardlink"
@@ -32,17 +39,15 @@ def _link_or_copy(src: Path, dst: Path) -> str:
         return "copy"
 
 
-def _fail(root: Path, lines: list[str], hint: str = "") -> ValueError:
-    return ValueError(f"data.source {root}: {len(lines)} problem(s):\n  " + "\n  ".join(lines) + hint)
+def _fail(root: Path, lines: list[str], hint: str = "") -> DataError:
+    return DataError(f"data.source {root}: {len(lines)} problem(s):\n  " + "\n  ".join(lines) + hint)
 
 
 def import_directory(root: str | Path, out_dir: Path, cfg: dict | None = None) -> tuple[dict, pd.DataFrame]:
     """Validate `root` and write it into `out_dir` in the data/raw layout. Returns (stats, the
-    quarantined files: split, fname, file, problem). Raises ValueError listing every problem."""
-    cfg = {**DEFAULTS, **(cfg or {})}
-    policy = str(cfg["on_bad_audio"])
-    if policy not in POLICIES:
-        raise ValueError(f"data.on_bad_audio: {policy!r} is not one of {list(POLICIES)}")
+    quarantined files: split, fname, file, problem). Raises DataError listing every problem."""
+    cfg = params.check_data({**DEFAULTS, **(cfg or {}), "source": str(root)})
+    policy = cfg["on_bad_audio"]
     root = Path(root).expanduser()
     path = corr.resolve(cfg["corrections"])
     report = validate.validate(root, max_seconds=float(cfg["max_seconds"]), min_peak_dbfs=float(cfg["min_peak_dbfs"]),
@@ -70,11 +75,11 @@ def import_directory(root: str | Path, out_dir: Path, cfg: dict | None = None) -
             tables[split].to_csv(out_dir / csv_name, index=False)
         (out_dir / folder).mkdir()
         for fname in progress(tables[split]["fname"], desc=f"import {split}"):
-            mode = _link_or_copy(src.folders[split] / fname, out_dir / folder / fname)
+            mode = _link_or_copy(src.folders[split], out_dir / folder, fname)
             modes[mode] = modes.get(mode, 0) + 1
     stats = {"source": str(root), "layout": src.layout, "files": modes, "formats": report.formats,
              "audio_hours": round(report.seconds / 3600, 3), "labels_normalised": src.normalised,
-             "corrections": src.corrected, "quarantined": {s: int((bad["split"] == s).sum()) for s in data.SPLITS}}
+             "corrections": src.corrected, "over_full_scale": report.over_full_scale, "quarantined": {s: int((bad["split"] == s).sum()) for s in data.SPLITS}}
     return stats, bad
 
 
@@ -82,11 +87,11 @@ def prepare(source: str, out_dir: str | Path, synth_cfg: dict, seed: int, n_jobs
             cfg: dict | None = None) -> tuple[dict, pd.DataFrame]:
     """Write `out_dir` (data/raw) atomically from `source` ('synthetic' or a directory).
     `cfg` is params' `data` section (policy, corrections, limits). Returns (stats, quarantined)."""
-    cfg = {**DEFAULTS, **(cfg or {}), "n_jobs": n_jobs}
+    cfg = params.check_data({**DEFAULTS, **(cfg or {}), "source": source, "n_jobs": n_jobs})
     with atomic_path(out_dir) as tmp:
         if source == "synthetic":
             if cfg["corrections"] not in (None, ""):
-                raise ValueError("data.corrections applies to a directory data.source, not to the synthetic data")
+                raise DataError("data.corrections applies to a directory data.source, not to the synthetic data")
             stats = synth.generate(tmp, synth_cfg, seed=seed, n_jobs=n_jobs)
             stats["source"] = "synthetic"
             bad = pd.DataFrame(columns=validate.QUARANTINE_COLUMNS)

@@ -2,6 +2,11 @@
 audio file — missing, unreadable or truncated, empty, too long, NaN/inf samples, silent — plus wav
 files that no table row names. Every problem names its file.
 
+Also refused: anything but a regular file where a wav belongs (directory, FIFO, device, symlink loop,
+dangling symlink), sample rates outside SAMPLE_RATES, float samples beyond +24 dBFS, and clips that
+are silent after the mono mix (stereo channels that cancel out), since the mix is what the pipeline
+hears. Float clips slightly over full scale are usable and counted (`over_full_scale`).
+
 Formats that are merely unusual (stereo, 8/24/32-bit or float samples, sample rates other than
 44.1 kHz) are not problems: `fat.audio.load` mixes them to mono and resamples them; they are counted
 in the report's `formats` so a person sees what the data holds."""
@@ -17,11 +22,13 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from fat import audio, sources
+from fat import audio, sources, tables
 from fat import corrections as corr
 from fat.log import progress
 
 QUARANTINE_COLUMNS = ["split", "fname", "file", "problem"]
+SAMPLE_RATES = (4000, 768000)  # Hz: below, not audio worth tagging; above, no audio interface records
+MAX_PEAK_DBFS = 24.0  # float samples beyond +24 dBFS (|x| > 15.8) are a scaling error, not a signal
 
 
 @dataclass
@@ -33,6 +40,7 @@ class Report:
     bad: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
     formats: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    over_full_scale: int = 0  # usable float clips whose peak exceeds 1.0 (counted, not refused)
 
     def problems(self) -> list[str]:
         """Every problem as one line naming the file."""
@@ -40,25 +48,27 @@ class Report:
 
 
 def scan_file(path: str | Path, max_seconds: float, min_peak_dbfs: float) -> dict:
-    """Facts about one wav and its problem (None when usable). Reads the samples: NaN/inf and
-    silence can only be seen there."""
+    """Facts about one wav and its problem (None when usable). Reads the samples: NaN/inf, absurd
+    values and silence (of the mono mix the pipeline uses) can only be seen there."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return {"problem": "missing"}
-    if size == 0:
+    problem = tables.file_problem(path)
+    if problem:
+        return {"problem": problem}
+    if path.stat().st_size == 0:
         return {"problem": "empty file (0 bytes)"}
     try:
         audio.check_wav_complete(path)
         info = sf.info(str(path))
         if info.frames == 0:
             return {"problem": "contains no samples"}
+        if not SAMPLE_RATES[0] <= info.samplerate <= SAMPLE_RATES[1]:
+            return {"problem": f"sample rate {info.samplerate} Hz is outside {SAMPLE_RATES[0]}-{SAMPLE_RATES[1]} Hz "
+                               f"(a corrupt header?)"}
         seconds = info.frames / info.samplerate
         out = {"sr": info.samplerate, "channels": info.channels, "subtype": info.subtype, "seconds": seconds}
         if seconds > max_seconds:
             return out | {"problem": f"too long: {seconds:.1f} s > data.max_seconds {max_seconds:g} s"}
-        y, _ = sf.read(str(path), dtype="float32", always_2d=True)
+        y, _ = sf.read(str(path), dtype="float64", always_2d=True)  # float64: float wavs beyond float32 stay finite
     except audio.AudioError as e:
         return {"problem": str(e).removeprefix(f"{path}: ")}
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
@@ -66,10 +76,19 @@ def scan_file(path: str | Path, max_seconds: float, min_peak_dbfs: float) -> dic
     if not np.isfinite(y).all():
         return out | {"problem": "contains NaN or infinite samples"}
     peak = float(np.abs(y).max())
-    if peak <= 10 ** (min_peak_dbfs / 20):
-        level = f"{20 * np.log10(peak):.0f} dBFS" if peak > 0 else "all zero"
+    if peak > 10 ** (MAX_PEAK_DBFS / 20):
+        return out | {"problem": f"samples up to {peak:.3g}: beyond full scale (|x| <= 1) by {20 * np.log10(peak):.0f} dB, "
+                                 f"more than the +{MAX_PEAK_DBFS:g} dB accepted (a float wav written unscaled?)"}
+    mono = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
+    mono_peak = float(np.abs(mono).max())
+    floor = 10 ** (min_peak_dbfs / 20)
+    if mono_peak <= floor:
+        level = f"{20 * np.log10(mono_peak):.0f} dBFS" if mono_peak > 0 else "all zero"
+        if peak > floor:
+            return out | {"problem": f"silent after the mono mix: its channels cancel out (peak {20 * np.log10(peak):.0f} "
+                                     f"dBFS per channel, {level} mixed) <= data.min_peak_dbfs {min_peak_dbfs:g}"}
         return out | {"problem": f"silent: peak {level} <= data.min_peak_dbfs {min_peak_dbfs:g}"}
-    return out | {"problem": None}
+    return out | {"problem": None, "over_full_scale": peak > 1.0}
 
 
 def _scan_star(args):
@@ -83,10 +102,17 @@ def _format(r: dict) -> str:
 
 def scan_audio(src: sources.Source, *, max_seconds: float, min_peak_dbfs: float, n_jobs: int = 0) -> Report:
     """Scan every file the tables name, and find the wav files no row names."""
-    rows, jobs = [], []
+    report = Report(source=src)
+    rows, jobs, bad = [], [], []
     for split, df in src.tables.items():
         folder = src.folders[split]
+        problem = tables.folder_problem(folder)
+        if problem:  # one line, not one per row
+            report.errors.append(f"{folder}: audio folder for {src.csvs[split]}: {problem}")
+            continue
         for fname in df["fname"]:
+            if not fname or tables.fname_problem(fname):  # a table problem already: never read outside the folder
+                continue
             rows.append((split, fname, folder / fname))
             jobs.append((folder / fname, max_seconds, min_peak_dbfs))
     n_jobs = n_jobs or os.cpu_count() or 1
@@ -96,8 +122,7 @@ def scan_audio(src: sources.Source, *, max_seconds: float, min_peak_dbfs: float,
             results = list(progress(pool.imap(_scan_star, jobs, chunksize=64), total=len(jobs), desc=desc))
     else:
         results = [scan_file(*j) for j in progress(jobs, desc=desc)]
-    report = Report(source=src)
-    bad, formats, seconds = [], Counter(), 0.0
+    formats, seconds = Counter(), 0.0
     for (split, fname, path), r in zip(rows, results):
         if "sr" in r:
             formats[_format(r)] += 1
@@ -107,11 +132,10 @@ def scan_audio(src: sources.Source, *, max_seconds: float, min_peak_dbfs: float,
             bad.append((split, fname, str(path), r["problem"]))
         else:
             seconds += r["seconds"]
+            report.over_full_scale += r["over_full_scale"]
     for split, df in src.tables.items():
         folder = src.folders[split]
-        if not folder.is_dir():
-            report.errors.append(f"{folder}: missing audio folder for {src.csvs[split]}")
-            bad = [b for b in bad if b[0] != split]  # one line, not one per row
+        if tables.folder_problem(folder):
             continue
         named = set(df["fname"]) | src.dropped.get(split, set())
         for p in sorted(folder.iterdir()):

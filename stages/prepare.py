@@ -1,8 +1,10 @@
 """Stage `prepare`: bring data.source (the embedded generator, or a directory in the Kaggle or
 FSDKaggle2019 layout) into data/raw, validated; quarantined files go to the quarantine report."""
 import argparse
+import sys
 
 from fat import log, params, prepare
+from fat.errors import DataError
 from fat.io import write_csv, write_json
 
 
@@ -15,8 +17,8 @@ def main():
     args = ap.parse_args()
     logger = log.stage("prepare")
     p = params.load()
-    cfg = p["data"]
-    stats, bad = prepare.prepare(str(cfg["source"]), args.out, p["synth"], seed=int(p["seed"]),
+    cfg = params.check_data(p.get("data"), "params.yaml")
+    stats, bad = prepare.prepare(cfg["source"], args.out, p["synth"], seed=int(p["seed"]),
                                  n_jobs=int(cfg.get("n_jobs", 0)), cfg=cfg)
     write_json(args.metrics, stats)
     write_csv(args.quarantine, bad)
@@ -26,4 +28,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as e:  # the data's problem, not the code's: the message, no traceback
+        sys.exit(f"prepare: error: {e}")

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from fat import data, synth
+from fat.errors import DataError
 
 from fat.prepare import validate_layout
 from fat.prepare import prepare as _prepare
@@ -68,7 +69,7 @@ def test_vocabulary_is_sample_submission_columns_in_order(tmp_path):
 
 
 def test_vocabulary_missing_file_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="sample_submission.csv"):
+    with pytest.raises(DataError, match="sample_submission.csv"):
         data.vocabulary(tmp_path)
 
 
@@ -172,7 +173,7 @@ def test_split_table_test_falls_back_to_sample_submission(tmp_path):
 def test_split_table_missing_train_csv(tmp_path):
     src = make_layout(tmp_path / "src")
     (src / "train_noisy.csv").unlink()
-    with pytest.raises(FileNotFoundError, match="train_noisy.csv"):
+    with pytest.raises(DataError, match="train_noisy.csv"):
         data.split_table(src, "noisy")
 
 
