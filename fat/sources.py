@@ -95,7 +95,7 @@ def _shared_fnames(src: Source) -> list[str]:
         return []
     detail = "; ".join(f"{f!r} in {' and '.join(where[f])}" for f in shared[:10])
     more = f"; … ({len(shared) - 10} more)" if len(shared) > 10 else ""
-    return [f"{src.root}: {len(shared)} fnames appear in more than one table (a clip belongs to one split): "
+    return [f"{src.root}: {len(shared)} fname(s) appear in more than one table (a clip belongs to one split): "
             f"{detail}{more}"]
 
 
@@ -132,7 +132,7 @@ def _read_table(path: Path, classes: list[str], *, need_labels: bool = True,
         problems += unknown_label_problems(path, df, classes, vocab)
         empty = df["fname"][(df["labels"] == "") & (df["fname"] != "")]
         if len(empty):
-            problems.append(f"{path}: column labels: {errors.rows(empty)} without labels")
+            problems.append(f"{path}: column labels: rows without labels: {errors.rows(empty)}")
     return df.reset_index(drop=True), problems, normalised
 
 

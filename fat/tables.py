@@ -178,8 +178,8 @@ def read_csv(path: str | Path, *, required: tuple[str, ...] = (), comments: bool
     long = [(line, f) for line, f in body if len(f) > len(names)]
     if long:
         lines = ", ".join(str(line) for line, _ in long[:10])
-        problems.append(f"{path}: {rows([f[0].strip() for _, f in long])} have more fields than the header's "
-                        f"{len(names)} (lines {lines}); a field holding commas must be quoted, "
+        problems.append(f"{path}: rows with more fields than the header's {len(names)} (line{'s' if len(long) > 1 else ''} "
+                        f"{lines}): {rows([f[0].strip() for _, f in long])}; a field holding commas must be quoted, "
                         f'e.g. a comma-joined labels field: "Bark,Rain"')
     if problems:
         raise DataError(*problems)
