@@ -68,19 +68,24 @@ def scan_file(path: str | Path, max_seconds: float, min_peak_dbfs: float) -> dic
         out = {"sr": info.samplerate, "channels": info.channels, "subtype": info.subtype, "seconds": seconds}
         if seconds > max_seconds:
             return out | {"problem": f"too long: {seconds:.1f} s > data.max_seconds {max_seconds:g} s"}
-        y, _ = sf.read(str(path), dtype="float64", always_2d=True)  # float64: float wavs beyond float32 stay finite
+        finite, peak, mono_peak = True, 0.0, 0.0
+        # in blocks, so memory stays bounded whatever the rate and channel count; float64 so that
+        # float wavs beyond the float32 range stay finite and are reported for what they are
+        for y in sf.blocks(str(path), blocksize=1 << 18, dtype="float64", always_2d=True):
+            if not np.isfinite(y).all():
+                finite = False
+                break
+            peak = max(peak, float(np.abs(y).max()))
+            mono_peak = max(mono_peak, float(np.abs(y.mean(axis=1)).max()))
     except audio.AudioError as e:
         return {"problem": str(e).removeprefix(f"{path}: ")}
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         return {"problem": f"unreadable audio ({e})"}
-    if not np.isfinite(y).all():
+    if not finite:
         return out | {"problem": "contains NaN or infinite samples"}
-    peak = float(np.abs(y).max())
     if peak > 10 ** (MAX_PEAK_DBFS / 20):
         return out | {"problem": f"samples up to {peak:.3g}: beyond full scale (|x| <= 1) by {20 * np.log10(peak):.0f} dB, "
                                  f"more than the +{MAX_PEAK_DBFS:g} dB accepted (a float wav written unscaled?)"}
-    mono = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
-    mono_peak = float(np.abs(mono).max())
     floor = 10 ** (min_peak_dbfs / 20)
     if mono_peak <= floor:
         level = f"{20 * np.log10(mono_peak):.0f} dBFS" if mono_peak > 0 else "all zero"
