@@ -96,6 +96,11 @@ def scan_file(path: str | Path, max_seconds: float, min_peak_dbfs: float) -> dic
     return out | {"problem": None, "over_full_scale": peak > 1.0}
 
 
+def _printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (decoded by Python as surrogates) become \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _scan_star(args):
     return scan_file(*args)
 
@@ -145,7 +150,7 @@ def scan_audio(src: sources.Source, *, max_seconds: float, min_peak_dbfs: float,
         named = set(df["fname"]) | src.dropped.get(split, set())
         for p in sorted(folder.iterdir()):
             if p.name not in named and p.suffix.lower() == ".wav":
-                bad.append((split, p.name, str(p), f"no row in {src.csvs[split].name}"))
+                bad.append((split, _printable(p.name), _printable(str(p)), f"no row in {src.csvs[split].name}"))
     report.bad = pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
     report.formats = dict(sorted(formats.items()))
     report.seconds = round(seconds, 1)

@@ -371,6 +371,9 @@ def _cases() -> list[Case]:
         why="datasets assembled with symlinks are common; the link's target is a regular, valid wav, read only")
     add("unlisted FIFO named x.wav in a folder", lambda src: os.mkfifo(src / "train_noisy" / "x.wav"), "refuse",
         ("x.wav", "no row in train_noisy.csv"))
+    def non_utf8_name(src):
+        shutil.copy(src / "train_curated" / "c1.wav", os.path.join(os.fsencode(src / "train_curated"), b"\xff.wav"))
+    add("unlisted wav with a non-UTF-8 file name", non_utf8_name, "refuse", ("\\xff.wav", "no row in train_curated.csv"))
     add("audio folder train_curated is a file", replace("train_curated", "file"), "refuse",
         ("train_curated", "not a folder"))
     add("audio folder test is a symlink loop", replace("test", "loop"), "refuse", ("test", "symlink loop"))
