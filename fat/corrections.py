@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from fat import data, tables
-from fat.errors import DataError, rows
+from fat.errors import DataError, names, rows
 
 SHIPPED_DIR = Path(__file__).parent / "corrections"
 ACTIONS = ("relabel", "drop")
@@ -61,7 +61,7 @@ def read(path: str | Path) -> pd.DataFrame:
     named = df[df["fname"] != ""]
     dup = named["fname"][named["fname"].duplicated()].unique()
     if len(dup):
-        problems.append(f"{path}: column fname: {len(dup)} duplicate fnames: {list(dup[:10])}")
+        problems.append(f"{path}: column fname: {len(dup)} duplicate fnames: {names(dup)}")
     if problems:
         raise DataError(*problems)
     df = df.reset_index(drop=True)
@@ -75,16 +75,9 @@ def apply(src, corrections: pd.DataFrame) -> list[str]:
     corrections file, the column, the values and the fnames."""
     path = corrections.attrs.get("path", "corrections")
     problems = []
-    known = set(src.classes)
-    carriers: dict[str, list[str]] = {}
-    for fname, labs in zip(corrections["fname"], corrections["labels"]):
-        for lab in data.split_labels(labs):
-            if lab not in known:
-                carriers.setdefault(lab, []).append(fname)
-    if carriers:
-        problems.append(f"{path}: column labels: {len(carriers)} label(s) not in the vocabulary: "
-                        + "; ".join(f"{lab!r} on {rows(fs)}" for lab, fs in sorted(carriers.items())[:10]))
-        return problems
+    unknown = data.unknown_labels(corrections, src.classes)
+    if unknown:
+        return [f"{path}: {unknown}"]
     found = set()
     for split, df in src.tables.items():
         hit = corrections[corrections["fname"].isin(set(df["fname"]))]
@@ -105,5 +98,5 @@ def apply(src, corrections: pd.DataFrame) -> list[str]:
     absent = sorted(set(corrections["fname"]) - found)
     if absent:
         problems.append(f"{path}: column fname: {len(absent)} fnames are in no table of {src.root}: "
-                        f"{rows(absent).split(': ', 1)[1]}")
+                        f"{names(absent)}")
     return problems

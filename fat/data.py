@@ -53,16 +53,27 @@ def read_labels(path: str | Path, classes: list[str]) -> pd.DataFrame:
     df = tables.read_csv(path, required=("fname", "labels"))
     if list(df.columns[:2]) != ["fname", "labels"]:
         raise DataError(f"{path}: expected columns 'fname,labels', got {','.join(df.columns)}")
+    problem = unknown_labels(df, classes, f"the vocabulary of {SAMPLE_SUBMISSION}")
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    return df[["fname", "labels"]].reset_index(drop=True)
+
+
+def unknown_labels(df: pd.DataFrame, classes: list[str], vocab: str = "the vocabulary") -> str | None:
+    """'column labels: N label(s) not in <vocab>: 'X' on 3 rows: 'a.wav', …' for a fname,labels
+    table: each unknown label with the fnames that carry it (first 10 labels, 10 fnames each); or None."""
     known = set(classes)
     carriers: dict[str, list[str]] = {}
     for fname, labs in zip(df["fname"], df["labels"]):
         for lab in split_labels(labs):
             if lab not in known:
                 carriers.setdefault(lab, []).append(fname)
-    if carriers:
-        raise DataError(f"{path}: column labels: {len(carriers)} label(s) not in the vocabulary of {SAMPLE_SUBMISSION}: "
-                        + "; ".join(f"{lab!r} on {rows(fs)}" for lab, fs in sorted(carriers.items())[:10]))
-    return df[["fname", "labels"]].reset_index(drop=True)
+    if not carriers:
+        return None
+    labels = sorted(carriers)
+    more = f"; … ({len(labels) - 10} more labels)" if len(labels) > 10 else ""
+    return (f"column labels: {len(labels)} label(s) not in {vocab}: "
+            + "; ".join(f"{lab!r} on {rows(carriers[lab])}" for lab in labels[:10]) + more)
 
 
 def multi_hot(labels: pd.Series, classes: list[str]) -> np.ndarray:

@@ -14,9 +14,14 @@ class DataError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
-def rows(fnames, limit: int = 10) -> str:
-    """'3 rows: 'a.wav', 'b.wav', 'c.wav'' — the count and the first `limit` fnames, quoted."""
+def names(fnames, limit: int = 10) -> str:
+    """The first `limit` fnames, quoted, and how many more: "'a.wav', 'b.wav', … (3 more)"."""
     fnames = list(fnames)
-    shown = ", ".join(repr(f) for f in fnames[:limit])
     more = f", … ({len(fnames) - limit} more)" if len(fnames) > limit else ""
-    return f"{len(fnames)} row{'' if len(fnames) == 1 else 's'}: {shown}{more}"
+    return ", ".join(repr(f) for f in fnames[:limit]) + more
+
+
+def rows(fnames, limit: int = 10) -> str:
+    """The count and the first `limit` fnames: "3 rows: 'a.wav', 'b.wav', 'c.wav'"."""
+    fnames = list(fnames)
+    return f"{len(fnames)} row{'' if len(fnames) == 1 else 's'}: {names(fnames, limit)}"

@@ -129,27 +129,13 @@ def _read_table(path: Path, classes: list[str], *, need_labels: bool = True,
         more = f", … ({dup.nunique() - 10} more)" if dup.nunique() > 10 else ""
         problems.append(f"{path}: column fname: {dup.nunique()} duplicate fnames: {', '.join(groups)}{more}")
     if need_labels:
-        problems += unknown_label_problems(path, df, classes, vocab)
+        unknown = data.unknown_labels(df, classes, vocab)
+        if unknown:
+            problems.append(f"{path}: {unknown}")
         empty = df["fname"][(df["labels"] == "") & (df["fname"] != "")]
         if len(empty):
             problems.append(f"{path}: column labels: rows without labels: {errors.rows(empty)}")
     return df.reset_index(drop=True), problems, normalised
-
-
-def unknown_label_problems(path, df: pd.DataFrame, classes: list[str], vocab: str = "the vocabulary") -> list[str]:
-    """One problem naming every label outside `classes`, each with the fnames that carry it."""
-    known = set(classes)
-    carriers: dict[str, list[str]] = {}
-    for fname, labs in zip(df["fname"], df["labels"]):
-        for lab in data.split_labels(labs):
-            if lab not in known:
-                carriers.setdefault(lab, []).append(fname)
-    if not carriers:
-        return []
-    labels = sorted(carriers)
-    detail = "; ".join(f"{lab!r} on {errors.rows(carriers[lab])}" for lab in labels[:10])
-    more = f"; … ({len(labels) - 10} more labels)" if len(labels) > 10 else ""
-    return [f"{path}: column labels: {len(labels)} label(s) not in {vocab}: {detail}{more}"]
 
 
 def _read_kaggle(root: Path) -> tuple[Source | None, list[str]]:
@@ -177,8 +163,8 @@ def _read_kaggle(root: Path) -> tuple[Source | None, list[str]]:
             sub, test = set(sub_df["fname"]), set(src.tables["test"]["fname"])
             if sub != test:
                 only_t, only_s = sorted(test - sub), sorted(sub - test)
-                parts = ([f"{len(only_t)} only in test_labels.csv: {errors.rows(only_t).split(': ', 1)[1]}"] if only_t else []) + \
-                        ([f"{len(only_s)} only in {data.SAMPLE_SUBMISSION}: {errors.rows(only_s).split(': ', 1)[1]}"] if only_s else [])
+                parts = ([f"{len(only_t)} only in test_labels.csv: {errors.names(only_t)}"] if only_t else []) + \
+                        ([f"{len(only_s)} only in {data.SAMPLE_SUBMISSION}: {errors.names(only_s)}"] if only_s else [])
                 problems.append(f"{root / 'test_labels.csv'}: its fnames differ from those of "
                                 f"{root / data.SAMPLE_SUBMISSION}: " + "; ".join(parts))
     return src, problems
