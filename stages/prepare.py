@@ -3,7 +3,8 @@ FSDKaggle2019 layout) into data/raw, validated; quarantined files go to the quar
 import argparse
 import sys
 
-from fat import log, params, prepare
+from fat import log, params
+from fat.data import prepare
 from fat.errors import DataError
 from fat.io import write_csv, write_json
 

@@ -411,9 +411,9 @@ def _cases() -> list[Case]:
     add("sample rate 100 Hz", audio("c2.wav", tone(5, sr=100), sr=100, subtype="PCM_16"), "refuse",
         ("c2.wav", "sample rate 100 Hz"))
     add("sample rate 8 kHz", audio("c2.wav", tone(sr=8000), sr=8000, subtype="PCM_16"), "accept",
-        why="telephone-band audio is real audio; fat.audio resamples it")
+        why="telephone-band audio is real audio; fat.data.audio resamples it")
     add("sample rate 192 kHz", audio("c2.wav", tone(sr=192000), sr=192000, subtype="PCM_24"), "accept",
-        why="high-resolution recordings are real audio; fat.audio resamples them")
+        why="high-resolution recordings are real audio; fat.data.audio resamples them")
 
     # --- params of the wrong type, NaN, out of range
     for key, value, words in [
@@ -551,6 +551,28 @@ def cli_argv(case: Case, s: Setup) -> list[str] | None:
     return ["validate", str(s.src), "--jobs", "1", *args]
 
 
+# `fat validate` as a process, in this layout (fat.tools.cli) or the older flat one (fat.cli)
+_CLI_MAIN = ("import sys\ntry:\n    from fat.tools.cli import main\nexcept ImportError:\n    from fat.cli import main\n"
+             "sys.exit(main())")
+
+
+def _cli():
+    """The `fat` command's module, in this layout or the older flat one (to run the cases on older code)."""
+    try:
+        from fat.tools import cli
+    except ImportError:
+        from fat import cli
+    import importlib
+
+    for mod in ("fat.data.prepare", "fat.prepare"):
+        try:
+            importlib.import_module(mod)
+            break
+        except ImportError:
+            continue
+    return cli
+
+
 def run_subprocess(case: Case, tmp: Path, code: Path, timeout: float = 60) -> dict[str, str]:
     """How the case ends in `fat validate` and `stages/prepare.py` run with the code at `code`."""
     env = {**os.environ, "PYTHONPATH": str(code), "FAT_LOG": "WARNING", "CI": "1", "DVC_NO_ANALYTICS": "1"}
@@ -559,7 +581,7 @@ def run_subprocess(case: Case, tmp: Path, code: Path, timeout: float = 60) -> di
     argv = cli_argv(case, s)
     runs = {"prepare": [sys.executable, str(code / "stages" / "prepare.py")]}
     if argv is not None:
-        runs["validate"] = [sys.executable, "-c", "import sys; from fat.cli import main; sys.exit(main())", *argv]
+        runs["validate"] = [sys.executable, "-c", _CLI_MAIN, *argv]
     for what, cmd in runs.items():
         before = tree(s.tmp / "w")
         try:
@@ -613,8 +635,7 @@ def run_forked(case: Case, tmp: Path, code: Path, timeout: float = 60) -> dict[s
     process that imported the code at `code` once."""
     import runpy
 
-    from fat import cli
-
+    cli = _cli()
     out = {}
     s = setup(case, tmp)
     argv = cli_argv(case, s)
@@ -646,8 +667,7 @@ def main(argv=None) -> int:
     code = args.code.resolve()
     sys.path.insert(0, str(code))
     os.environ.update({"FAT_LOG": "WARNING", "CI": "1", "DVC_NO_ANALYTICS": "1"})
-    import fat.cli  # noqa: F401  (imported once; every case runs in a fork)
-    import fat.prepare  # noqa: F401
+    _cli()  # imported once (with the stage's modules); every case runs in a fork
     root_user = hasattr(os, "geteuid") and os.geteuid() == 0
     print("| case | expect | validate | prepare |\n|---|---|---|---|")
     for case in CASES:

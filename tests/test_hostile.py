@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import hostile_cases as hc
-from fat import cli
+from fat.tools import cli
 from fat.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_subprocesses(case, tmp_path):
     before = hc.tree(tmp_path / "w")
     cmds = [[sys.executable, str(ROOT / "stages/prepare.py")]]
     if case.cli is not None:
-        cmds.append([sys.executable, "-m", "fat.cli", *hc.cli_argv(case, s)])
+        cmds.append([sys.executable, "-m", "fat.tools.cli", *hc.cli_argv(case, s)])
     for cmd in cmds:
         proc = subprocess.run(cmd, cwd=s.proj, env=env, capture_output=True, text=True, timeout=300)
         text = proc.stdout + proc.stderr
@@ -142,7 +142,9 @@ def test_unknown_label_names_the_first_ten_rows_and_the_count(tmp_path, monkeypa
 
 
 def test_data_error_is_the_one_exception_for_data_problems(tmp_path):
-    from fat import audio, corrections, data, params
+    from fat import params
+    from fat.data import audio, corrections
+    from fat.data import tables as data
 
     assert issubclass(audio.AudioError, DataError) and issubclass(DataError, ValueError)
     (tmp_path / "sample_submission.csv").write_text("fname,Meow,Meow\nx.wav,0,0\n")
@@ -156,7 +158,7 @@ def test_data_error_is_the_one_exception_for_data_problems(tmp_path):
 
 def test_parallel_scan_refuses_the_same_special_files(tmp_path):
     """The worker pool path (more than 64 files) meets FIFOs and loops without hanging or raising."""
-    from fat import validate
+    from fat.data import validate
 
     src = hc.base_layout(tmp_path / "src")
     rows = {**hc.TABLES["train_noisy.csv"][1], **{f"x{i:03d}.wav": "Meow" for i in range(70)}}

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fat import data, tables
+from fat.data import files
+from fat.data import tables as data
 from fat.errors import DataError, names, rows
 
 SHIPPED_DIR = Path(__file__).parent / "corrections"
@@ -41,13 +42,13 @@ def read(path: str | Path) -> pd.DataFrame:
     """The corrections table, checked: known columns, known actions, one row per fname. Raises
     DataError naming the file, the column, the values and the fnames of every problem."""
     path = Path(path)
-    df = tables.read_csv(path, required=("fname", "action"), comments=True, expected="fname,action,labels,note")
+    df = files.read_csv(path, required=("fname", "action"), comments=True, expected="fname,action,labels,note")
     if "labels" not in df.columns:
         df["labels"] = ""
     df["fname"] = df["fname"].str.strip()
     df["action"] = df["action"].str.strip().str.lower()
     df["labels"] = df["labels"].map(lambda s: ",".join(data.split_labels(s)))
-    problems = tables.fname_problems(path, df["fname"])
+    problems = files.fname_problems(path, df["fname"])
     blank = list(df.index[(df["fname"] == "").to_numpy()])
     if blank:
         problems.append(f"{path}: column fname: {len(blank)} row(s) with an empty fname (lines {blank[:10]})")

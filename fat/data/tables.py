@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from fat import tables
+from fat.data import files
 from fat.errors import DataError, rows
 
 
@@ -27,13 +27,13 @@ def vocabulary(raw_dir: str | Path) -> list[str]:
     path = Path(raw_dir) / SAMPLE_SUBMISSION
     if not os.path.lexists(path):
         raise DataError(f"{path}: missing; the class vocabulary is read from its columns")
-    lines = tables.read_rows(path)
+    lines = files.read_rows(path)
     if not lines:
         raise DataError(f"{path}: empty file; expected a header 'fname,<class>,<class>,…'")
     cols = lines[0][1]
     if not cols or cols[0].strip() != "fname" or len(cols) < 3:
         raise DataError(f"{path}: expected columns 'fname' followed by one column per class, got {cols[:5]}")
-    problems = tables.header_problems(path, cols)
+    problems = files.header_problems(path, cols)
     padded = [c for c in cols[1:] if c != c.strip() and c.strip()]
     if padded:
         problems.append(f"{path}: class names with leading or trailing spaces: {padded[:10]}; "
@@ -50,7 +50,7 @@ def split_labels(labels: str) -> list[str]:
 def read_labels(path: str | Path, classes: list[str]) -> pd.DataFrame:
     """Read a `fname,labels` CSV; every label must be in the vocabulary (DataError naming the rows)."""
     path = Path(path)
-    df = tables.read_csv(path, required=("fname", "labels"))
+    df = files.read_csv(path, required=("fname", "labels"))
     if list(df.columns[:2]) != ["fname", "labels"]:
         raise DataError(f"{path}: expected columns 'fname,labels', got {','.join(df.columns)}")
     problem = unknown_labels(df, classes, f"the vocabulary of {SAMPLE_SUBMISSION}")
@@ -94,7 +94,7 @@ def split_table(raw_dir: str | Path, split: str) -> pd.DataFrame | None:
     if os.path.lexists(path):
         return read_labels(path, vocabulary(raw_dir))
     if split == "test":
-        df = tables.read_csv(raw_dir / SAMPLE_SUBMISSION, required=("fname",))[["fname"]].reset_index(drop=True)
+        df = files.read_csv(raw_dir / SAMPLE_SUBMISSION, required=("fname",))[["fname"]].reset_index(drop=True)
         df["labels"] = ""
         return df
     raise DataError(f"{path}: missing")

@@ -10,7 +10,7 @@ Two layouts are recognised:
   `train_noisy_post_competition.csv`, `test_post_competition_scoring_clips.csv` (test labels) and
   `vocabulary.csv`, beside `FSDKaggle2019.audio_train_curated/`, `…audio_train_noisy/`, `…audio_test/`.
 
-Reading checks the tables (fat.tables: file kinds, encodings, headers, field counts; then empty,
+Reading checks the tables (fat.data.files: file kinds, encodings, headers, field counts; then empty,
 duplicate or path-like fnames, fnames shared across splits, labels outside the vocabulary, rows
 without labels) and reports every problem, each naming its file, its column, the offending values
 and the fnames (rows) that carry them; stray spaces around labels and fnames are normalised and
@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fat import data, errors, tables
+from fat import errors
+from fat.data import files
+from fat.data import tables as data
 from fat.errors import DataError
 
 ZENODO_META = "FSDKaggle2019.meta"
@@ -66,7 +68,7 @@ def read_source(root: str | Path) -> tuple[Source | None, list[str]]:
     """(source, problems). `source` is None when the tables could not be read at all; otherwise
     every table that could be read is in it, and `problems` lists what is wrong with them."""
     root = Path(root).expanduser()
-    problem = tables.folder_problem(root)
+    problem = files.folder_problem(root)
     if problem:
         return None, [f"{root}: not a directory ({problem})" if problem.startswith("is ") else
                       f"{root}: not a directory: {problem}"]
@@ -105,7 +107,7 @@ def _read_table(path: Path, classes: list[str], *, need_labels: bool = True,
     Every problem names the file, the column, the offending values and the fnames carrying them."""
     cols = ("fname", "labels") if need_labels else ("fname",)
     try:
-        df = tables.read_csv(path, required=cols, expected="fname,labels" if need_labels else "fname,<class>,…")
+        df = files.read_csv(path, required=cols, expected="fname,labels" if need_labels else "fname,<class>,…")
     except DataError as e:
         return None, e.problems, 0
     if len(df) == 0:
@@ -121,7 +123,7 @@ def _read_table(path: Path, classes: list[str], *, need_labels: bool = True,
     if blank:
         problems.append(f"{path}: column fname: {len(blank)} row(s) with an empty fname "
                         f"(line{'s' if len(blank) > 1 else ''} {', '.join(map(str, blank[:10]))})")
-    problems += tables.fname_problems(path, df["fname"])
+    problems += files.fname_problems(path, df["fname"])
     named = df[df["fname"] != ""]
     dup = named["fname"][named["fname"].duplicated(keep=False)]
     if len(dup):
@@ -174,7 +176,7 @@ def read_vocabulary_csv(path: Path) -> list[str]:
     """FSDKaggle2019's vocabulary.csv: `index,label` rows without a header, in class order."""
     if not os.path.lexists(path):
         raise DataError(f"{path}: missing; the class vocabulary is read from it")
-    rows_ = tables.read_rows(path)
+    rows_ = files.read_rows(path)
     if not rows_:
         raise DataError(f"{path}: empty file; expected rows 'index,label'")
     if min(len(f) for _, f in rows_) < 2:
@@ -192,7 +194,7 @@ def read_vocabulary_csv(path: Path) -> list[str]:
 
 def _read_zenodo(root: Path) -> tuple[Source | None, list[str]]:
     meta = root / ZENODO_META
-    problem = tables.folder_problem(meta)
+    problem = files.folder_problem(meta)
     if problem:
         return None, [f"{meta}: {problem}"]
     try:

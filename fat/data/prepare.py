@@ -2,7 +2,7 @@
 directory in the Kaggle or FSDKaggle2019 (Zenodo) layout — into `data/raw/`, validated, written
 atomically.
 
-A directory source is validated in one pass (fat.validate): table problems always stop the stage;
+A directory source is validated in one pass (fat.data.validate): table problems always stop the stage;
 audio problems stop it too under `data.on_bad_audio: error` (the default), or, under `skip`, the
 bad files are left out and listed with their reasons in the quarantine report (never silent zeros).
 Audio files are hard-linked into data/raw where the filesystem allows, copied otherwise."""
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fat import corrections as corr
-from fat import data, params, sources, synth, tables, validate
+from fat import params
+from fat.data import corrections as corr
+from fat.data import files, sources, synth, validate
+from fat.data import tables as data
 from fat.errors import DataError
 from fat.io import atomic_path
 from fat.log import progress
@@ -27,7 +29,7 @@ DEFAULTS = {"on_bad_audio": "error", "corrections": None, "max_seconds": 60.0, "
 def _link_or_copy(src_dir: Path, dst_dir: Path, fname: str) -> str:
     """Import `src_dir/fname` as `dst_dir/fname`; `fname` must be a plain name (validation refuses
     others first; this is the last guard against writing outside `dst_dir`)."""
-    problem = tables.fname_problem(fname) if fname else "empty"
+    problem = files.fname_problem(fname) if fname else "empty"
     if problem:
         raise DataError(f"{src_dir}: refusing to import {fname!r}: {problem}")
     src, dst = Path(os.path.realpath(src_dir / fname)), dst_dir / fname  # a symlinked wav: import the file it points at, never the link itself

@@ -1,4 +1,4 @@
-"""Validation of a data source in one pass: the tables (fat.sources), the corrections, and every
+"""Validation of a data source in one pass: the tables (fat.data.sources), the corrections, and every
 audio file — missing, unreadable or truncated, empty, too long, NaN/inf samples, silent — plus wav
 files that no table row names. Every problem names its file.
 
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from fat import audio, sources, tables
-from fat import corrections as corr
+from fat.data import audio, files, sources
+from fat.data import corrections as corr
 from fat.log import progress
 
 QUARANTINE_COLUMNS = ["split", "fname", "file", "problem"]
@@ -51,7 +51,7 @@ def scan_file(path: str | Path, max_seconds: float, min_peak_dbfs: float) -> dic
     """Facts about one wav and its problem (None when usable). Reads the samples: NaN/inf, absurd
     values and silence (of the mono mix the pipeline uses) can only be seen there."""
     path = Path(path)
-    problem = tables.file_problem(path)
+    problem = files.file_problem(path)
     if problem:
         return {"problem": problem}
     if path.stat().st_size == 0:
@@ -116,12 +116,12 @@ def scan_audio(src: sources.Source, *, max_seconds: float, min_peak_dbfs: float,
     rows, jobs, bad = [], [], []
     for split, df in src.tables.items():
         folder = src.folders[split]
-        problem = tables.folder_problem(folder)
+        problem = files.folder_problem(folder)
         if problem:  # one line, not one per row
             report.errors.append(f"{folder}: audio folder for {src.csvs[split]}: {problem}")
             continue
         for fname in df["fname"]:
-            if not fname or tables.fname_problem(fname):  # a table problem already: never read outside the folder
+            if not fname or files.fname_problem(fname):  # a table problem already: never read outside the folder
                 continue
             rows.append((split, fname, folder / fname))
             jobs.append((folder / fname, max_seconds, min_peak_dbfs))
@@ -145,7 +145,7 @@ def scan_audio(src: sources.Source, *, max_seconds: float, min_peak_dbfs: float,
             report.over_full_scale += r["over_full_scale"]
     for split, df in src.tables.items():
         folder = src.folders[split]
-        if tables.folder_problem(folder):
+        if files.folder_problem(folder):
             continue
         named = set(df["fname"]) | src.dropped.get(split, set())
         for p in sorted(folder.iterdir()):
