@@ -1,7 +1,8 @@
 """The configuration: `params.yaml` read once into typed, frozen sections, and presets applied to it.
 
 Every knob has one section class below; its field defaults are the defaults (the values
-`params.yaml` ships with), so a section or key left out of `params.yaml` means the default.
+`params.yaml` ships with), so a section or key left out of `params.yaml` means the default (one
+exception: a `data` section must name its `source`).
 :func:`load` reads the file (as edited by `fat preset` or `dvc exp run -S key=value`), converts
 every value to its field's type and checks its range, and refuses unknown sections and keys, each
 error naming the key. Stages pass each part of the library the section it needs, e.g.
@@ -26,13 +27,18 @@ from typing import Any
 
 import yaml
 
+from fat.errors import DataError
+
 PRESETS_DIR = Path(__file__).with_name("presets")
 FOLD_FAMILIES = ("baseline", "finetune", "retrain")  # the families with one member per fold
 MODEL_CHANNELS = ("mel", "delta", "delta2", "mfcc")
+BAD_AUDIO_POLICIES = ("error", "skip")
 
 
-class ParamsError(ValueError):
-    """A params value of the wrong type or out of range, or an unknown key; the message names it."""
+class ParamsError(DataError):
+    """A params value of the wrong type or out of range, or an unknown key; the message names it,
+    one problem a line. A user's input problem like bad data (hence a DataError): `fat` commands
+    and the `prepare` stage print it and exit non-zero without a traceback."""
 
 
 def knob(default, rule: str = "", ok: Callable[[Any], bool] | None = None, choices: tuple | None = None):
@@ -55,12 +61,19 @@ class Section:
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
+        problems = []
         for f in dataclasses.fields(self):
             tp = hints[f.name]
             is_section = isinstance(tp, type) and issubclass(tp, Section)
             if "rule" in f.metadata or is_section:
-                value = _convert(getattr(self, f.name), tp, f"{self.SECTION}.{f.name}", f.metadata)
+                try:
+                    value = _convert(getattr(self, f.name), tp, f"{self.SECTION}.{f.name}", f.metadata)
+                except ParamsError as e:
+                    problems += e.problems
+                    continue
                 object.__setattr__(self, f.name, value)
+        if problems:
+            raise ParamsError(*problems)
 
     @classmethod
     def build(cls, mapping, where: str, owners: dict[str, str] | None = None):
@@ -75,10 +88,15 @@ class Section:
         if unknown:
             raise ParamsError(f"params.yaml: {where}.{unknown[0]} is not a setting; {where} has {sorted(fields)}")
         hints = typing.get_type_hints(cls)
-        values = {}
+        values, problems = {}, []
         for name, value in mapping.items():
             key = f"{(owners or {}).get(name, where)}.{name}"
-            values[name] = _convert(value, hints[name], key, fields[name].metadata)
+            try:
+                values[name] = _convert(value, hints[name], key, fields[name].metadata)
+            except ParamsError as e:  # every bad key of the section at once
+                problems += e.problems
+        if problems:
+            raise ParamsError(*problems)
         return cls(**values)
 
     def as_dict(self) -> dict:
@@ -161,14 +179,32 @@ def _convert_scalar(value, tp, key: str, rule: str, choices, name: str):
 # ----------------------------------------------------------------------------- the sections
 @dataclass(frozen=True)
 class Data(Section):
+    """Where the data comes from and how `prepare` and `fat validate` treat it. A `data` section
+    must name its `source` (left out, the pipeline would silently train on the synthetic data);
+    a params file without a `data` section at all means the defaults."""
+
     SECTION: typing.ClassVar[str] = "data"
 
-    source: str = knob("synthetic")  # `synthetic` (embedded generator) or a directory in the FAT2019 layout
+    # `synthetic` (embedded generator) or a directory in the FAT2019 layout
+    source: str = knob("synthetic", "`synthetic` or the path of a data directory, not empty", lambda v: bool(v.strip()))
     n_jobs: int = knob(0, ">= 0 (0 = all cores)", lambda v: v >= 0)
-    on_bad_audio: str = knob("error", choices=("error", "skip"))
-    corrections: str | None = knob(None)
+    on_bad_audio: str = knob("error", choices=BAD_AUDIO_POLICIES)
+    corrections: str | None = knob(None)  # null or "" (none), a shipped corrections file's name, or a path
     max_seconds: float = knob(60.0, "> 0", lambda v: v > 0)
     min_peak_dbfs: float = knob(-80.0, "<= 0", lambda v: v <= 0)
+
+    @classmethod
+    def build(cls, mapping, where: str, owners=None):
+        missing = []
+        if isinstance(mapping, dict) and "source" not in mapping:
+            missing = [f"params.yaml: {where}.source: missing; expected `synthetic` or the path of a data directory"]
+        try:
+            section = super().build(mapping, where, owners)
+        except ParamsError as e:
+            raise ParamsError(*e.problems, *missing) from None
+        if missing:
+            raise ParamsError(*missing)
+        return section
 
 
 def _probabilities(v) -> bool:
@@ -492,7 +528,7 @@ def load(path: str | Path = "params.yaml") -> Params:
     try:
         return Params.build(raw, str(path))
     except ParamsError as e:
-        raise ParamsError(str(e).replace("params.yaml:", f"{path}:", 1)) from None
+        raise ParamsError(*(p.replace("params.yaml:", f"{path}:", 1) for p in e.problems)) from None
 
 
 def merge_into(target: dict, override: dict) -> dict:

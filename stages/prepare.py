@@ -2,9 +2,11 @@
 FSDKaggle2019 layout) into data/raw, validated; quarantined files go to the quarantine report.
 Also writes data/manifest/: the content digests the downstream stages depend on (fat/data/manifest.py)."""
 import argparse
+import sys
 
 from fat import log, params
 from fat.data import manifest, prepare
+from fat.errors import DataError
 from fat.io import write_csv, write_json
 from fat.layout import Layout
 
@@ -32,4 +34,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as e:  # the data's problem, not the code's: the message, no traceback
+        sys.exit(f"prepare: error: {e}")

@@ -1,5 +1,6 @@
 """Unit tests for fat/data/audio.py: `load(path, sr)` -> mono float32 at the requested rate (or, with
-options, as stored), `info(path)` -> header facts, or AudioError naming the file."""
+options, as stored), `info(path)` -> header facts, `blocks(path)` -> the samples as stored in bounded
+blocks, or AudioError naming the file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -253,3 +254,21 @@ def test_load_can_let_non_finite_samples_through_for_validation(tmp_path):
     sf.write(str(p), x, 22050, subtype="FLOAT")
     y = audio.load(p, mono=False, finite=False)
     assert np.isnan(y[5, 0]) and np.isfinite(np.delete(y[:, 0], 5)).all()
+
+
+def test_blocks_are_the_stored_samples_in_bounded_float64_blocks(tmp_path):
+    """What validation scans: every channel as stored, a bounded block at a time, float64 so that a
+    float64 wav beyond the float32 range stays finite; NaN passes through; unreadable -> AudioError."""
+    x = np.stack([_sine(440, 8000, 1.0), -_sine(440, 8000, 1.0)], axis=1).astype(np.float64)
+    x[3, 1], x[7000, 0] = 1e300, np.nan
+    p = tmp_path / "big.wav"
+    sf.write(str(p), x, 8000, subtype="DOUBLE")
+    parts = list(audio.blocks(p, blocksize=1000))
+    assert [b.shape for b in parts] == [(1000, 2)] * 8 and all(b.dtype == np.float64 for b in parts)
+    y = np.concatenate(parts)
+    assert y[3, 1] == 1e300 and np.isnan(y[7000, 0])
+    np.testing.assert_array_equal(np.delete(y, [3, 7000], axis=0), np.delete(x, [3, 7000], axis=0))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not a wav at all")
+    with pytest.raises(AudioError, match="bad.wav: unreadable audio"):
+        list(audio.blocks(bad))

@@ -14,6 +14,7 @@ from fat.data import synth
 from fat.data import tables as data
 from fat.data.prepare import prepare as _prepare
 from fat.data.prepare import validate_layout
+from fat.errors import DataError
 from fat.params import Data, Synth
 
 
@@ -71,7 +72,7 @@ def test_vocabulary_is_sample_submission_columns_in_order(tmp_path):
 
 
 def test_vocabulary_missing_file_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="sample_submission.csv"):
+    with pytest.raises(DataError, match="sample_submission.csv"):
         data.vocabulary(tmp_path)
 
 
@@ -175,7 +176,7 @@ def test_split_table_test_falls_back_to_sample_submission(tmp_path):
 def test_split_table_missing_train_csv(tmp_path):
     src = make_layout(tmp_path / "src")
     (src / "train_noisy.csv").unlink()
-    with pytest.raises(FileNotFoundError, match="train_noisy.csv"):
+    with pytest.raises(DataError, match="train_noisy.csv"):
         data.split_table(src, "noisy")
 
 

@@ -296,6 +296,20 @@ def test_a_wrong_type_or_range_names_the_key(section, key, value, message):
         P.Params.build({section: {key: value}})
 
 
+def test_data_section_must_name_its_source_and_lists_every_bad_key():
+    """Left out of a `data` section, the source would silently mean the synthetic data; the errors are
+    DataErrors (prepare prints them without a traceback), every bad key of the section at once."""
+    from fat.errors import DataError
+
+    with pytest.raises(DataError, match=r"data\.source: missing") as e:
+        P.Params.build({"data": {"n_jobs": -1, "max_seconds": float("nan")}})
+    assert len(e.value.problems) == 3 and "data.n_jobs must be" in str(e.value) and "data.max_seconds" in str(e.value)
+    with pytest.raises(P.ParamsError, match=r"data\.source must be .*not empty, got ' '"):
+        P.Params.build({"data": {"source": " "}})
+    assert P.Params.build({"data": {"source": "/x", "corrections": ""}}).data.corrections == ""
+    assert P.Params.build({}).data == P.Data()  # no data section at all: the defaults
+
+
 def test_sections_check_their_values_when_built_directly_too():
     with pytest.raises(P.ParamsError, match=r"train\.lr must be > 0"):
         P.Train(lr=0)

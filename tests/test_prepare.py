@@ -15,6 +15,7 @@ from fat.data import corrections, sources, validate
 from fat.data import tables as data
 from fat.data.prepare import import_directory, validate_layout
 from fat.data.prepare import prepare as _prepare
+from fat.errors import DataError
 from fat.params import Data, Synth
 
 
@@ -223,7 +224,7 @@ def test_table_problems_all_reported_and_never_skipped(tmp_path):
 @pytest.mark.parametrize("text,words", [
     ("", "empty file"), ("fname,labels\n", "no rows"), ("fname\nc1.wav\n", "missing column"),
     ("name,tags\nc1.wav,Meow\n", "missing column"), ("fname,labels\nc1.wav,\n", "without labels"),
-    ('fname,labels\n"c1.wav,Meow\n', "unreadable")])
+    ('fname,labels\n"c1.wav,Meow\n', "not valid CSV")])
 def test_bad_csv_variants(tmp_path, text, words):
     src = kaggle(tmp_path / "src")
     (src / "train_curated.csv").write_text(text)
@@ -319,7 +320,7 @@ def test_corrections_problems_are_named(tmp_path):
     fix.write_text("fname,action,labels\nt1.wav,drop,\n")
     with pytest.raises(ValueError, match="cannot drop test clips"):
         prepare(str(src), tmp_path / "raw", synth_cfg={}, seed=0, cfg={"corrections": str(fix)})
-    with pytest.raises(FileNotFoundError, match="fat2019_curated"):
+    with pytest.raises(DataError, match="fat2019_curated"):
         corrections.resolve("no-such-corrections")
     with pytest.raises(ValueError, match="synthetic"):
         prepare("synthetic", tmp_path / "raw", synth_cfg={}, seed=0, cfg={"corrections": "fat2019_curated"})

@@ -1,10 +1,12 @@
 """Reading audio, the one wav reader of the pipeline: `info` reads a file's header (sample rate,
 channels, sample format, length), `load` its samples — by default any wav soundfile reads (any
 sample rate, bit depth, channel count) becomes a mono float32 signal at the requested rate; with
-options, the file's own channels or rate, and NaN/inf samples kept for a validator to report.
+options, the file's own channels or rate, and NaN/inf samples kept for a validator to report —
+and `blocks` the samples as stored, a bounded block at a time (what validation scans).
 Problems raise :class:`AudioError` naming the file."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +14,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from fat.errors import DataError
 
-class AudioError(ValueError):
+
+class AudioError(DataError):
     """A file that cannot be turned into usable audio; the message names the file and the problem."""
 
 
@@ -87,3 +91,16 @@ def load(path: str | Path, sr: int | None = None, *, mono: bool = True, finite: 
     if file_sr != sr:
         y = soxr.resample(y, file_sr, sr, quality="HQ").astype(np.float32, copy=False)
     return np.ascontiguousarray(y)
+
+
+def blocks(path: str | Path, blocksize: int = 1 << 18, dtype: str = "float64") -> Iterator[np.ndarray]:
+    """The samples of `path` as stored, (frames, channels) arrays of at most `blocksize` frames, so
+    memory stays bounded whatever the file's rate, length and channel count. float64 by default:
+    float wavs beyond the float32 range stay finite. NaN/inf samples pass through (the caller
+    reports them); AudioError when the file cannot be read (truncation is checked first)."""
+    path = Path(path)
+    try:
+        check_wav_complete(path)
+        yield from sf.blocks(str(path), blocksize=blocksize, dtype=dtype, always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise AudioError(f"{path}: unreadable audio ({e})") from e

@@ -15,14 +15,22 @@ from pathlib import Path
 import pandas as pd
 
 from fat.data import corrections as corr
-from fat.data import sources, synth, validate
+from fat.data import files, sources, synth, validate
 from fat.data import tables as data
+from fat.errors import DataError
 from fat.io import atomic_path
 from fat.log import progress
 from fat.params import Data, Synth
 
 
-def _link_or_copy(src: Path, dst: Path) -> str:
+def _link_or_copy(src_dir: Path, dst_dir: Path, fname: str) -> str:
+    """Import `src_dir/fname` as `dst_dir/fname`; `fname` must be a plain name (validation refuses
+    others first; this is the last guard against writing outside `dst_dir`)."""
+    problem = files.fname_problem(fname) if fname else "empty"
+    if problem:
+        raise DataError(f"{src_dir}: refusing to import {fname!r}: {problem}")
+    # a symlinked wav: import the file it points at, never the link itself
+    src, dst = Path(os.path.realpath(src_dir / fname)), dst_dir / fname
     try:
         os.link(src, dst)
         return "hardlink"
@@ -31,14 +39,14 @@ def _link_or_copy(src: Path, dst: Path) -> str:
         return "copy"
 
 
-def _fail(root: Path, lines: list[str], hint: str = "") -> ValueError:
-    return ValueError(f"data.source {root}: {len(lines)} problem(s):\n  " + "\n  ".join(lines) + hint)
+def _fail(root: Path, lines: list[str], hint: str = "") -> DataError:
+    return DataError(f"data.source {root}: {len(lines)} problem(s):\n  " + "\n  ".join(lines) + hint)
 
 
 def import_directory(root: str | Path, out_dir: Path, cfg: Data = Data()) -> tuple[dict, pd.DataFrame]:
     """Validate `root` and write it into `out_dir` in the data/raw layout, under params' `data`
     section (bad-audio policy, corrections, limits). Returns (stats, the quarantined files: split,
-    fname, file, problem). Raises ValueError listing every problem."""
+    fname, file, problem). Raises DataError listing every problem."""
     policy = cfg.on_bad_audio
     root = Path(root).expanduser()
     path = corr.resolve(cfg.corrections)
@@ -68,11 +76,12 @@ def import_directory(root: str | Path, out_dir: Path, cfg: Data = Data()) -> tup
             tables[split].to_csv(out_dir / csv_name, index=False)
         (out_dir / folder).mkdir()
         for fname in progress(tables[split]["fname"], desc=f"import {split}"):
-            mode = _link_or_copy(src.folders[split] / fname, out_dir / folder / fname)
+            mode = _link_or_copy(src.folders[split], out_dir / folder, fname)
             modes[mode] = modes.get(mode, 0) + 1
     stats = {"source": str(root), "layout": src.layout, "files": modes, "formats": report.formats,
              "audio_hours": round(report.seconds / 3600, 3), "labels_normalised": src.normalised,
-             "corrections": src.corrected, "quarantined": {s: int((bad["split"] == s).sum()) for s in data.SPLITS}}
+             "corrections": src.corrected, "over_full_scale": report.over_full_scale,
+             "quarantined": {s: int((bad["split"] == s).sum()) for s in data.SPLITS}}
     return stats, bad
 
 
@@ -83,7 +92,7 @@ def prepare(cfg: Data, synth_cfg: Synth, seed: int, out_dir: str | Path) -> tupl
     with atomic_path(out_dir) as tmp:
         if source == "synthetic":
             if cfg.corrections not in (None, ""):
-                raise ValueError("data.corrections applies to a directory data.source, not to the synthetic data")
+                raise DataError("data.corrections applies to a directory data.source, not to the synthetic data")
             stats = synth.generate(tmp, synth_cfg, seed=seed, n_jobs=cfg.n_jobs)
             stats["source"] = "synthetic"
             bad = pd.DataFrame(columns=validate.QUARANTINE_COLUMNS)

@@ -10,18 +10,24 @@ Two layouts are recognised:
   `train_noisy_post_competition.csv`, `test_post_competition_scoring_clips.csv` (test labels) and
   `vocabulary.csv`, beside `FSDKaggle2019.audio_train_curated/`, `…audio_train_noisy/`, `…audio_test/`.
 
-Reading checks the tables (columns, empty files, duplicate fnames, labels outside the vocabulary,
-rows without labels) and reports every problem, each naming its file; stray spaces around labels and
-fnames are normalised and counted, not treated as errors.
+Reading checks the tables (fat.data.files: file kinds, encodings, headers, field counts; then empty,
+duplicate or path-like fnames, fnames shared across splits, labels outside the vocabulary, rows
+without labels) and reports every problem, each naming its file, its column, the offending values
+and the fnames (rows) that carry them; stray spaces around labels and fnames are normalised and
+counted, not treated as errors.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from fat import errors
+from fat.data import files
 from fat.data import tables as data
+from fat.errors import DataError
 
 ZENODO_META = "FSDKaggle2019.meta"
 ZENODO_TABLES = {  # split -> (meta CSV, audio folder)
@@ -49,10 +55,11 @@ class Source:
 
 
 def detect_layout(root: Path) -> str | None:
-    """'kaggle', 'zenodo' or None when neither layout's marker file is present."""
-    if (root / data.SAMPLE_SUBMISSION).exists():
+    """'kaggle', 'zenodo' or None when neither layout's marker is present (whatever kind of file
+    the marker is: a directory or FIFO named sample_submission.csv is reported when it is read)."""
+    if os.path.lexists(root / data.SAMPLE_SUBMISSION):
         return "kaggle"
-    if (root / ZENODO_META / ZENODO_VOCABULARY).exists() or (root / ZENODO_META).is_dir():
+    if os.path.lexists(root / ZENODO_META):
         return "zenodo"
     return None
 
@@ -61,69 +68,89 @@ def read_source(root: str | Path) -> tuple[Source | None, list[str]]:
     """(source, problems). `source` is None when the tables could not be read at all; otherwise
     every table that could be read is in it, and `problems` lists what is wrong with them."""
     root = Path(root).expanduser()
-    if not root.is_dir():
-        return None, [f"{root}: not a directory"]
+    problem = files.folder_problem(root)
+    if problem:
+        return None, [f"{root}: not a directory ({problem})" if problem.startswith("is ") else
+                      f"{root}: not a directory: {problem}"]
     layout = detect_layout(root)
     if layout == "kaggle":
-        return _read_kaggle(root)
-    if layout == "zenodo":
-        return _read_zenodo(root)
-    return None, [f"{root}: neither a Kaggle FAT2019 layout (no {data.SAMPLE_SUBMISSION}) nor the "
-                  f"FSDKaggle2019 Zenodo layout (no {ZENODO_META}/ folder)"]
+        src, problems = _read_kaggle(root)
+    elif layout == "zenodo":
+        src, problems = _read_zenodo(root)
+    else:
+        return None, [f"{root}: neither a Kaggle FAT2019 layout (no {data.SAMPLE_SUBMISSION}) nor the "
+                      f"FSDKaggle2019 Zenodo layout (no {ZENODO_META}/ folder)"]
+    if src is not None:
+        problems += _shared_fnames(src)
+    return src, problems
 
 
-def _read_table(path: Path, classes: list[str], *,
-                need_labels: bool = True) -> tuple[pd.DataFrame | None, list[str], int]:
-    """(table with fname,labels normalised, problems, rows normalised) for one labels CSV."""
-    if not path.exists():
-        return None, [f"{path}: missing"], 0
-    if path.stat().st_size == 0:
-        return None, [f"{path}: empty file; expected a header 'fname,labels' and one row per clip"], 0
+def _shared_fnames(src: Source) -> list[str]:
+    """Every clip belongs to one split: a fname in two tables would mix splits (test leaking into
+    train) and make two clips one in the feature store."""
+    where: dict[str, list[str]] = {}
+    for split, df in src.tables.items():
+        for f in set(df["fname"]) - {""}:
+            where.setdefault(f, []).append(src.csvs[split].name)
+    shared = sorted(f for f, csvs in where.items() if len(csvs) > 1)
+    if not shared:
+        return []
+    detail = "; ".join(f"{f!r} in {' and '.join(where[f])}" for f in shared[:10])
+    more = f"; … ({len(shared) - 10} more)" if len(shared) > 10 else ""
+    return [f"{src.root}: {len(shared)} fname(s) appear in more than one table (a clip belongs to one split): "
+            f"{detail}{more}"]
+
+
+def _read_table(path: Path, classes: list[str], *, need_labels: bool = True,
+                vocab: str = f"the vocabulary of {data.SAMPLE_SUBMISSION}",
+                ) -> tuple[pd.DataFrame | None, list[str], int]:
+    """(table with fname,labels normalised, problems, rows normalised) for one labels CSV.
+    Every problem names the file, the column, the offending values and the fnames carrying them."""
+    cols = ("fname", "labels") if need_labels else ("fname",)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        return None, [f"{path}: unreadable CSV ({e})"], 0
-    df.columns = [str(c).strip() for c in df.columns]
-    cols = ["fname", "labels"] if need_labels else ["fname"]
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        return None, [f"{path}: missing column(s) {missing}; expected 'fname,labels', "
-                      f"got {','.join(df.columns)}"], 0
+        df = files.read_csv(path, required=cols, expected="fname,labels" if need_labels else "fname,<class>,…")
+    except DataError as e:
+        return None, e.problems, 0
     if len(df) == 0:
         return None, [f"{path}: no rows (only a header)"], 0
-    df = df[cols].copy() if need_labels else df[["fname"]].assign(labels="")
+    df = df[list(cols)].copy() if need_labels else df[["fname"]].assign(labels="")
+    lines = df.index
     fn = df["fname"].str.strip()
     labs = df["labels"].map(lambda s: ",".join(data.split_labels(s)))
     normalised = int(((fn != df["fname"]) | (labs != df["labels"])).sum())
     df["fname"], df["labels"] = fn, labs
     problems = []
-    blank = df.index[df["fname"] == ""]
-    if len(blank):
-        problems.append(f"{path}: {len(blank)} rows with an empty fname (lines {[i + 2 for i in blank[:5]]})")
-    dup = df["fname"][df["fname"].duplicated() & (df["fname"] != "")].unique()
+    blank = list(lines[(df["fname"] == "").to_numpy()])
+    if blank:
+        problems.append(f"{path}: column fname: {len(blank)} row(s) with an empty fname "
+                        f"(line{'s' if len(blank) > 1 else ''} {', '.join(map(str, blank[:10]))})")
+    problems += files.fname_problems(path, df["fname"])
+    named = df[df["fname"] != ""]
+    dup = named["fname"][named["fname"].duplicated(keep=False)]
     if len(dup):
-        problems.append(f"{path}: {len(dup)} duplicate fnames: {list(dup[:10])}")
+        groups = [f"{f!r} (lines {', '.join(map(str, list(dup.index[dup == f])[:10]))})" for f in dup.unique()[:10]]
+        more = f", … ({dup.nunique() - 10} more)" if dup.nunique() > 10 else ""
+        problems.append(f"{path}: column fname: {dup.nunique()} duplicate fnames: {', '.join(groups)}{more}")
     if need_labels:
-        known = set(classes)
-        unknown = sorted({lab for s in df["labels"] for lab in data.split_labels(s)} - known)
+        unknown = data.unknown_labels(df, classes, vocab)
         if unknown:
-            problems.append(f"{path}: {len(unknown)} labels not in the vocabulary: {unknown[:10]}")
-        empty = df["fname"][df["labels"] == ""]
+            problems.append(f"{path}: {unknown}")
+        empty = df["fname"][(df["labels"] == "") & (df["fname"] != "")]
         if len(empty):
-            problems.append(f"{path}: {len(empty)} rows without labels: {list(empty[:10])}")
+            problems.append(f"{path}: column labels: rows without labels: {errors.rows(empty)}")
     return df.reset_index(drop=True), problems, normalised
 
 
 def _read_kaggle(root: Path) -> tuple[Source | None, list[str]]:
     try:
         classes = data.vocabulary(root)
-    except (FileNotFoundError, ValueError) as e:
-        return None, [str(e)]
+    except DataError as e:
+        return None, e.problems
     src = Source(root=root, layout="kaggle", classes=classes)
     problems = []
     for split, (csv_name, folder) in data.SPLITS.items():
         path = root / csv_name
-        if split == "test" and not path.exists():  # no test labels: the test clips are sample_submission's rows
+        if split == "test" and not os.path.lexists(path):  # no test labels: the test clips are sample_submission's rows
             path, need_labels = root / data.SAMPLE_SUBMISSION, False
         else:
             need_labels = True
@@ -134,43 +161,52 @@ def _read_kaggle(root: Path) -> tuple[Source | None, list[str]]:
         if df is not None:
             src.tables[split], src.csvs[split], src.folders[split] = df, path, root / folder
     if src.test_labelled and "test" in src.tables:
-        sub = pd.read_csv(root / data.SAMPLE_SUBMISSION, usecols=["fname"], dtype=str)["fname"].str.strip()
-        if set(sub) != set(src.tables["test"]["fname"]):
-            problems.append(f"{root / 'test_labels.csv'}: its fnames differ from those of "
-                            f"{root / data.SAMPLE_SUBMISSION} "
-                            f"({len(set(sub) ^ set(src.tables['test']['fname']))} differ)")
+        sub_df, _, _ = _read_table(root / data.SAMPLE_SUBMISSION, classes, need_labels=False)
+        if sub_df is not None:
+            sub, test = set(sub_df["fname"]), set(src.tables["test"]["fname"])
+            if sub != test:
+                only_t, only_s = sorted(test - sub), sorted(sub - test)
+                parts = ([f"{len(only_t)} only in test_labels.csv: {errors.names(only_t)}"] if only_t else []) + \
+                        ([f"{len(only_s)} only in {data.SAMPLE_SUBMISSION}: {errors.names(only_s)}"] if only_s else [])
+                problems.append(f"{root / 'test_labels.csv'}: its fnames differ from those of "
+                                f"{root / data.SAMPLE_SUBMISSION}: " + "; ".join(parts))
     return src, problems
 
 
 def read_vocabulary_csv(path: Path) -> list[str]:
     """FSDKaggle2019's vocabulary.csv: `index,label` rows without a header, in class order."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; the class vocabulary is read from it")
-    try:
-        df = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path}: empty file; expected rows 'index,label'") from None
-    if df.shape[1] < 2:
-        raise ValueError(f"{path}: expected rows 'index,label', got {df.shape[1]} column(s)")
-    if not str(df.iloc[0, 0]).strip().isdigit():  # tolerate a header row
-        df = df.iloc[1:]
-    labels = [s.strip() for s in df.iloc[:, 1]]
-    if len(labels) < 2 or len(set(labels)) != len(labels) or "" in labels:
-        raise ValueError(f"{path}: expected distinct, non-empty class names, got {labels[:5]}…")
+    if not os.path.lexists(path):
+        raise DataError(f"{path}: missing; the class vocabulary is read from it")
+    rows_ = files.read_rows(path)
+    if not rows_:
+        raise DataError(f"{path}: empty file; expected rows 'index,label'")
+    if min(len(f) for _, f in rows_) < 2:
+        line = next(line for line, f in rows_ if len(f) < 2)
+        raise DataError(f"{path}: line {line}: expected rows 'index,label', got 1 column")
+    if not rows_[0][1][0].strip().isdigit():  # tolerate a header row
+        rows_ = rows_[1:]
+    labels = [f[1].strip() for _, f in rows_]
+    dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if len(labels) < 2 or dup or "" in labels:
+        raise DataError(f"{path}: expected at least 2 distinct, non-empty class names, got {labels[:5]}…"
+                        + (f" (duplicated: {dup[:10]})" if dup else ""))
     return labels
 
 
 def _read_zenodo(root: Path) -> tuple[Source | None, list[str]]:
     meta = root / ZENODO_META
+    problem = files.folder_problem(meta)
+    if problem:
+        return None, [f"{meta}: {problem}"]
     try:
         classes = read_vocabulary_csv(meta / ZENODO_VOCABULARY)
-    except (FileNotFoundError, ValueError) as e:
-        return None, [str(e)]
+    except DataError as e:
+        return None, e.problems
     src = Source(root=root, layout="zenodo", classes=classes, test_labelled=True)
     problems = []
     for split, (csv_name, folder) in ZENODO_TABLES.items():
         path = meta / csv_name
-        df, errs, n = _read_table(path, classes)
+        df, errs, n = _read_table(path, classes, vocab=f"the vocabulary of {ZENODO_VOCABULARY}")
         problems += errs
         src.normalised += n
         if df is not None:

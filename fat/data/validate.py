@@ -2,6 +2,11 @@
 audio file — missing, unreadable or truncated, empty, too long, NaN/inf samples, silent — plus wav
 files that no table row names. Every problem names its file.
 
+Also refused: anything but a regular file where a wav belongs (directory, FIFO, device, symlink loop,
+dangling symlink), sample rates outside SAMPLE_RATES, float samples beyond +24 dBFS, and clips that
+are silent after the mono mix (stereo channels that cancel out), since the mix is what the pipeline
+hears. Float clips slightly over full scale are usable and counted (`over_full_scale`).
+
 Formats that are merely unusual (stereo, 8/24/32-bit or float samples, sample rates other than
 44.1 kHz) are not problems: `fat.audio.load` mixes them to mono and resamples them; they are counted
 in the report's `formats` so a person sees what the data holds."""
@@ -16,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fat.data import audio, sources
+from fat.data import audio, files, sources
 from fat.data import corrections as corr
 from fat.log import progress
 
 QUARANTINE_COLUMNS = ["split", "fname", "file", "problem"]
+SAMPLE_RATES = (4000, 768000)  # Hz: below, not audio worth tagging; above, no audio interface records
+MAX_PEAK_DBFS = 24.0  # float samples beyond +24 dBFS (|x| > 15.8) are a scaling error, not a signal
 
 
 @dataclass
@@ -32,6 +39,7 @@ class Report:
     bad: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
     formats: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    over_full_scale: int = 0  # usable float clips whose peak exceeds 1.0 (counted, not refused)
 
     def problems(self) -> list[str]:
         """Every problem as one line naming the file."""
@@ -39,33 +47,56 @@ class Report:
 
 
 def scan_file(path: str | Path, max_seconds: float, min_peak_dbfs: float) -> dict:
-    """Facts about one wav and its problem (None when usable). Reads the samples: NaN/inf and
-    silence can only be seen there."""
+    """Facts about one wav and its problem (None when usable). Reads the samples: NaN/inf, absurd
+    values and silence (of the mono mix the pipeline uses) can only be seen there."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return {"problem": "missing"}
-    if size == 0:
+    problem = files.file_problem(path)
+    if problem:
+        return {"problem": problem}
+    if path.stat().st_size == 0:
         return {"problem": "empty file (0 bytes)"}
     try:
         info = audio.info(path)
         if info.frames == 0:
             return {"problem": "contains no samples"}
+        if not SAMPLE_RATES[0] <= info.sample_rate <= SAMPLE_RATES[1]:
+            return {"problem": f"sample rate {info.sample_rate} Hz is outside {SAMPLE_RATES[0]}-{SAMPLE_RATES[1]} Hz "
+                               f"(a corrupt header?)"}
         seconds = info.seconds
         out = {"sr": info.sample_rate, "channels": info.channels, "subtype": info.subtype, "seconds": seconds}
         if seconds > max_seconds:
             return out | {"problem": f"too long: {seconds:.1f} s > data.max_seconds {max_seconds:g} s"}
-        y = audio.load(path, mono=False, finite=False)  # as stored: every channel's peak counts
+        finite, peak, mono_peak = True, 0.0, 0.0
+        # as stored (every channel's peak counts), in blocks (memory stays bounded whatever the rate and
+        # channel count), float64 (float wavs beyond the float32 range stay finite, reported for what they are)
+        for y in audio.blocks(path):
+            if not np.isfinite(y).all():
+                finite = False
+                break
+            peak = max(peak, float(np.abs(y).max()))
+            mono_peak = max(mono_peak, float(np.abs(y.mean(axis=1)).max()))
     except audio.AudioError as e:
         return {"problem": str(e).removeprefix(f"{path}: ")}
-    if not np.isfinite(y).all():
+    if not finite:
         return out | {"problem": "contains NaN or infinite samples"}
-    peak = float(np.abs(y).max())
-    if peak <= 10 ** (min_peak_dbfs / 20):
-        level = f"{20 * np.log10(peak):.0f} dBFS" if peak > 0 else "all zero"
+    if peak > 10 ** (MAX_PEAK_DBFS / 20):
+        return out | {"problem": f"samples up to {peak:.3g}: beyond full scale (|x| <= 1) by "
+                                 f"{20 * np.log10(peak):.0f} dB, more than the +{MAX_PEAK_DBFS:g} dB accepted "
+                                 f"(a float wav written unscaled?)"}
+    floor = 10 ** (min_peak_dbfs / 20)
+    if mono_peak <= floor:
+        level = f"{20 * np.log10(mono_peak):.0f} dBFS" if mono_peak > 0 else "all zero"
+        if peak > floor:
+            return out | {"problem": f"silent after the mono mix: its channels cancel out "
+                                     f"(peak {20 * np.log10(peak):.0f} dBFS per channel, {level} mixed) "
+                                     f"<= data.min_peak_dbfs {min_peak_dbfs:g}"}
         return out | {"problem": f"silent: peak {level} <= data.min_peak_dbfs {min_peak_dbfs:g}"}
-    return out | {"problem": None}
+    return out | {"problem": None, "over_full_scale": peak > 1.0}
+
+
+def _printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (decoded by Python as surrogates) become \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _scan_star(args):
@@ -79,10 +110,17 @@ def _format(r: dict) -> str:
 
 def scan_audio(src: sources.Source, *, max_seconds: float, min_peak_dbfs: float, n_jobs: int = 0) -> Report:
     """Scan every file the tables name, and find the wav files no row names."""
-    rows, jobs = [], []
+    report = Report(source=src)
+    rows, jobs, bad = [], [], []
     for split, df in src.tables.items():
         folder = src.folders[split]
+        problem = files.folder_problem(folder)
+        if problem:  # one line, not one per row
+            report.errors.append(f"{folder}: audio folder for {src.csvs[split]}: {problem}")
+            continue
         for fname in df["fname"]:
+            if not fname or files.fname_problem(fname):  # a table problem already: never read outside the folder
+                continue
             rows.append((split, fname, folder / fname))
             jobs.append((folder / fname, max_seconds, min_peak_dbfs))
     n_jobs = n_jobs or os.cpu_count() or 1
@@ -92,8 +130,7 @@ def scan_audio(src: sources.Source, *, max_seconds: float, min_peak_dbfs: float,
             results = list(progress(pool.imap(_scan_star, jobs, chunksize=64), total=len(jobs), desc=desc))
     else:
         results = [scan_file(*j) for j in progress(jobs, desc=desc)]
-    report = Report(source=src)
-    bad, formats, seconds = [], Counter(), 0.0
+    formats, seconds = Counter(), 0.0
     for (split, fname, path), r in zip(rows, results):
         if "sr" in r:
             formats[_format(r)] += 1
@@ -103,16 +140,15 @@ def scan_audio(src: sources.Source, *, max_seconds: float, min_peak_dbfs: float,
             bad.append((split, fname, str(path), r["problem"]))
         else:
             seconds += r["seconds"]
+            report.over_full_scale += r["over_full_scale"]
     for split, df in src.tables.items():
         folder = src.folders[split]
-        if not folder.is_dir():
-            report.errors.append(f"{folder}: missing audio folder for {src.csvs[split]}")
-            bad = [b for b in bad if b[0] != split]  # one line, not one per row
+        if files.folder_problem(folder):
             continue
         named = set(df["fname"]) | src.dropped.get(split, set())
         for p in sorted(folder.iterdir()):
             if p.name not in named and p.suffix.lower() == ".wav":
-                bad.append((split, p.name, str(p), f"no row in {src.csvs[split].name}"))
+                bad.append((split, _printable(p.name), _printable(str(p)), f"no row in {src.csvs[split].name}"))
     report.bad = pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
     report.formats = dict(sorted(formats.items()))
     report.seconds = round(seconds, 1)

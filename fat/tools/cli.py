@@ -56,11 +56,31 @@ def _prune_lock(args) -> int:
     return 0
 
 
-def _validate(args) -> int:
-    from fat.data import prepare
+VALIDATE_FLAGS = {"data.max_seconds": "--max-seconds", "data.min_peak_dbfs": "--min-peak-dbfs",
+                  "data.n_jobs": "--jobs", "data.corrections": "--corrections"}
 
-    problems = prepare.validate_layout(args.directory, max_seconds=args.max_seconds,
-                                       min_peak_dbfs=args.min_peak_dbfs, n_jobs=args.jobs)
+
+def _flag_named(problem: str) -> str:
+    """A data-params problem as `fat validate` says it: 'params.yaml: data.max_seconds must …' ->
+    '--max-seconds (data.max_seconds) must …'."""
+    problem = problem.removeprefix("params.yaml: ")
+    key = problem.split(" ", 1)[0]
+    return f"{VALIDATE_FLAGS[key]} ({key}){problem[len(key):]}" if key in VALIDATE_FLAGS else problem
+
+
+def _validate(args) -> int:
+    from fat import params
+    from fat.data import corrections, prepare
+    from fat.errors import DataError
+
+    try:  # the checks of params.yaml's data section, named by flag
+        cfg = params.Data(max_seconds=args.max_seconds, min_peak_dbfs=args.min_peak_dbfs, n_jobs=args.jobs,
+                          corrections=args.corrections)
+    except params.ParamsError as e:
+        raise DataError(*(_flag_named(p) for p in e.problems)) from None
+    path = corrections.resolve(cfg.corrections)
+    problems = prepare.validate_layout(args.directory, max_seconds=cfg.max_seconds, min_peak_dbfs=cfg.min_peak_dbfs,
+                                       n_jobs=cfg.n_jobs, corrections=None if path is None else corrections.read(path))
     for p in problems:
         print(p)
     verdict = "OK: a valid Kaggle or FSDKaggle2019 layout" if not problems else f"{len(problems)} problem(s)"
@@ -123,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-peak-dbfs", type=float, default=-80.0,
                    help="clips whose peak is at or below this are silent (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (0 = all cores)")
+    p.add_argument("--corrections", default=None,
+                   help="also check a corrections file against the tables: a shipped name (e.g. fat2019_curated) "
+                        "or a path, as data.corrections")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("score", help="lwlrap of a Kaggle-format predictions CSV against a fname,labels CSV")
