@@ -57,7 +57,8 @@ def family_train_cfg(params: dict, family: str) -> dict:
         retrain_init(params)
     overrides = {k: v for k, v in own.items() if k in params["train"]}
     cfg = {**params["train"], **overrides}
-    check_settings(cfg, params["mixup"]["alpha"], params["augment"], sections={k: family for k in overrides})
+    check_settings(cfg, params["mixup"]["alpha"], params["augment"], sections={k: family for k in overrides},
+                   mixup_cfg=params["mixup"])
     return cfg
 
 
@@ -120,13 +121,14 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
         inputs += [layout.pseudo(fold) / "labels.csv", *_feature_index(layout, "noisy")]
     ckpt = checkpointer(f"{family}@{fold}", params, inputs, layout)
 
-    datasets = [CropDataset(store, tr_rows, tr_y, crop, seed)]
+    stretch = float(train_cfg.get("stretch", 0.0))
+    datasets = [CropDataset(store, tr_rows, tr_y, crop, seed, stretch=stretch)]
     n_pseudo = 0
     if family == "retrain":
         p_fnames, p_y = load_pseudo(layout, fold, classes)
         if len(p_fnames):
             noisy = FeatureStore.open(layout.features("noisy"))
-            datasets.append(CropDataset(noisy, noisy.position(p_fnames), p_y, crop, seed + 1))
+            datasets.append(CropDataset(noisy, noisy.position(p_fnames), p_y, crop, seed + 1, stretch=stretch))
             n_pseudo = len(p_fnames)
     train_data = datasets[0] if len(datasets) == 1 else ConcatCrops(datasets)
 
@@ -138,6 +140,7 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
 
     with track.curves(layout.curves(family, fold), enabled=dist.is_main()) as on_epoch:
         history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
+                      mixup_cfg=params["mixup"],
                       augment_cfg=params["augment"], seed=seed, device=device, validate=validate,
                       desc=f"{family}@{fold}", on_epoch=on_epoch, checkpoint=ckpt)
     if not dist.is_main():
@@ -179,7 +182,8 @@ def train_pretrain(params: dict, layout: Layout = Layout()) -> dict | None:
     seed_everything(seed)
     model = models.build(params["model"], len(classes), noisy.n_mels)
     train_data = CropDataset(noisy, noisy.position(noisy_table["fname"]),
-                             data.multi_hot(noisy_table["labels"], classes), crop, seed)
+                             data.multi_hot(noisy_table["labels"], classes), crop, seed,
+                             stretch=float(train_cfg.get("stretch", 0.0)))
     ckpt = checkpointer("pretrain", params, _feature_index(layout, "noisy") + _feature_index(layout, "curated"), layout)
     last: dict = {}
 
@@ -189,6 +193,7 @@ def train_pretrain(params: dict, layout: Layout = Layout()) -> dict | None:
 
     with track.curves(layout.curves("pretrain"), enabled=dist.is_main()) as on_epoch:
         history = fit(model, train_data, train_cfg=train_cfg, mixup_alpha=float(params["mixup"]["alpha"]),
+                      mixup_cfg=params["mixup"],
                       augment_cfg=params["augment"], seed=seed, device=device, validate=validate, desc="pretrain",
                       on_epoch=on_epoch, checkpoint=ckpt)
     if not dist.is_main():

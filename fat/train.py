@@ -1,6 +1,14 @@
 """Training: random crops straight from the memory-mapped store, SpecAugment + mixup on the device,
 BCE loss, Adam with a one-cycle schedule, per-epoch validation, deterministic for fixed seeds.
 
+Options, each off by default (params): random-resized crops (`train.stretch`: each crop is read
+from a window up to 1 + stretch times longer or shorter and resampled to the crop length), a mixup
+schedule (`mixup.until`: mixing only in the first share of the epochs), label-union mixing
+(`mixup.concat_p`, see `augment.concat_mix`), label smoothing (`train.label_smoothing`),
+a floor on the schedule's length in optimiser steps (`train.min_steps`: a small training set gets
+more epochs, so that it sees as many batches as a larger one), weight averaging (`train.ema_decay`: an exponential moving average of the weights and BatchNorm
+statistics, which replaces the trained weights after the last epoch) and AdamW (`train.optimizer`).
+
 Throughput: a batch is gathered in one call (`CropDataset.batch`: crops are sliced from the memory
 map into one array, no per-sample tensors or collation); the batch sampler carries the epoch, so
 DataLoader workers (`train.num_workers`) persist across epochs and still crop each epoch afresh;
@@ -46,10 +54,12 @@ class CropDataset(Dataset):
     """Random fixed-length crops of store rows `rows` with float targets (hard or soft labels).
     The crop of item i in epoch e depends only on (seed, e, i): identical with any worker count."""
 
-    def __init__(self, store: FeatureStore, rows, targets: np.ndarray, length: int, seed: int):
+    def __init__(self, store: FeatureStore, rows, targets: np.ndarray, length: int, seed: int, stretch: float = 0.0):
         if len(rows) != len(targets):
             raise ValueError(f"{len(rows)} rows but {len(targets)} target rows")
         self.store, self.rows, self.length, self.seed = store, np.asarray(rows), int(length), int(seed)
+        self.stretch = float(stretch)
+        augment.stretch_window(self.length, self.stretch, np.random.default_rng(0))  # validates stretch
         self.targets = np.asarray(targets, dtype=np.float32)
         self.epoch = 0
 
@@ -60,6 +70,12 @@ class CropDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, i])
         r = int(self.rows[i])
         n = int(self.store.lengths[r])
+        if self.stretch > 0:  # random-resized crop: a window of another length, resampled
+            w = augment.stretch_window(self.length, self.stretch, rng)
+            start = augment.random_start(rng, n, w)
+            out[...] = augment.resize_time(augment.fit_length(self.store.clip(r), w, start).astype(np.float32),
+                                           self.length)
+            return
         start = augment.random_start(rng, n, self.length)
         if n >= self.length:
             off = int(self.store.offsets[r]) + start
@@ -152,7 +168,11 @@ def evaluate(model, store, rows, targets, length, *, device, batch_size=64) -> d
     return {"probs": probs, "loss": loss, "lwlrap": score}
 
 
-def check_settings(train_cfg: dict, mixup_alpha: float, augment_cfg: dict, sections: dict | None = None) -> None:
+OPTIMIZERS = ("adam", "adamw")
+
+
+def check_settings(train_cfg: dict, mixup_alpha: float, augment_cfg: dict, sections: dict | None = None,
+                   mixup_cfg: dict | None = None) -> None:
     """Out-of-range training params (a typo in `dvc exp run -S …`) stop the stage with the key
     named, instead of training something else than asked (a negative mixup.alpha would silently
     mean "no mixup"). `sections` names the section a train key came from when a family overrode it."""
@@ -196,6 +216,17 @@ def check_settings(train_cfg: dict, mixup_alpha: float, augment_cfg: dict, secti
     for key in ("freq_masks", "time_masks"):
         if key in augment_cfg:
             whole(f"augment.{key}", augment_cfg[key], 0)
+    for key in ("until", "concat_p"):
+        if key in (mixup_cfg or {}) and not 0 <= num(f"mixup.{key}", mixup_cfg[key]) <= 1:
+            bad(f"mixup.{key}", mixup_cfg[key], "between 0 and 1")
+    for key in ("label_smoothing", "ema_decay"):
+        if not 0 <= num(f"train.{key}", train_cfg.get(key, 0.0)) < 1:
+            bad(f"train.{key}", train_cfg.get(key), "between 0 (off) and 1 (exclusive)")
+    if num("train.stretch", train_cfg.get("stretch", 0.0)) < 0:
+        bad("train.stretch", train_cfg.get("stretch"), ">= 0 (0 disables random-resized crops)")
+    whole("train.min_steps", train_cfg.get("min_steps", 0), 0)
+    if train_cfg.get("optimizer", "adam") not in OPTIMIZERS:
+        bad("train.optimizer", train_cfg.get("optimizer"), f"one of {OPTIMIZERS}")
 
 
 class TrainLoop:
@@ -206,10 +237,11 @@ class TrainLoop:
     `state()` / `restore(state)` carry everything that determines the rest of the run."""
 
     def __init__(self, model, data, *, train_cfg: dict, mixup_alpha: float, augment_cfg: dict, seed: int, device,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, mixup_cfg: dict | None = None):
         if len(data) == 0:
             raise ValueError("no training data: the dataset is empty")
-        check_settings(train_cfg, mixup_alpha, augment_cfg)
+        mixup_cfg = mixup_cfg or {}
+        check_settings(train_cfg, mixup_alpha, augment_cfg, mixup_cfg=mixup_cfg)
         self.model, self.data, self.device = model, data, torch.device(device)
         self.rank, self.world = int(rank), int(world)
         self.epochs = int(train_cfg["epochs"])
@@ -218,13 +250,23 @@ class TrainLoop:
                                   num_workers=int(train_cfg.get("num_workers", 0)), rank=rank, world=world)
         if len(self.loader) == 0:
             raise ValueError("no training data")
-        self.opt = torch.optim.Adam(model.parameters(), lr=float(train_cfg["lr"]),
-                                    weight_decay=float(train_cfg.get("weight_decay", 0.0)))
+        min_steps = int(train_cfg.get("min_steps", 0))  # small training sets: more epochs, same step count
+        self.epochs = max(self.epochs, -(-min_steps // len(self.loader)))
+        opt_cls = torch.optim.AdamW if train_cfg.get("optimizer", "adam") == "adamw" else torch.optim.Adam
+        self.opt = opt_cls(model.parameters(), lr=float(train_cfg["lr"]),
+                           weight_decay=float(train_cfg.get("weight_decay", 0.0)))
         self.sched = torch.optim.lr_scheduler.OneCycleLR(
             self.opt, max_lr=float(train_cfg["lr"]), total_steps=self.epochs * len(self.loader),
             pct_start=float(train_cfg.get("warmup", 0.2)))
         self.rng = np.random.default_rng([seed, 7] if world == 1 else [seed, 7, rank])
         self.mixup_alpha = float(mixup_alpha)
+        self.mix_epochs = int(np.ceil(float(mixup_cfg.get("until", 1.0)) * self.epochs))  # mixing in epochs < this
+        self.concat_p = float(mixup_cfg.get("concat_p", 0.0))
+        self.smoothing = float(train_cfg.get("label_smoothing", 0.0))
+        decay = float(train_cfg.get("ema_decay", 0.0))
+        self.ema = (torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+            if decay > 0 else None)
         self.p_mask = float(augment_cfg.get("p", 0.0))
         self.mask_kw = {k: augment_cfg[k] for k in ("freq_masks", "freq_frac", "time_masks", "time_frac")}
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -255,7 +297,11 @@ class TrainLoop:
             x, y = (v.to(self.device, non_blocking=True) for v in batch)
             if self.p_mask > 0 and self.rng.uniform() < self.p_mask:
                 x = augment.spec_augment(x, self.rng, **self.mask_kw)
-            x, y = augment.mixup(x, y, self.mixup_alpha, self.rng)
+            if epoch < self.mix_epochs:
+                x, y = augment.concat_mix(x, y, self.concat_p, self.rng)
+                x, y = augment.mixup(x, y, self.mixup_alpha, self.rng)
+            if self.smoothing > 0:
+                y = y * (1 - self.smoothing) + 0.5 * self.smoothing
             with self.autocast:
                 loss = self.loss_fn(self.forward(x).float(), y)
             self.opt.zero_grad(set_to_none=True)
@@ -263,7 +309,11 @@ class TrainLoop:
             self.scaler.step(self.opt)
             self.scaler.update()
             self.sched.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             total += loss.detach()
+        if self.ema is not None and epoch + 1 == self.epochs:  # the averaged weights are the result
+            self.model.load_state_dict(self.ema.module.state_dict())
         n_steps = len(self.loader)
         train_loss = float(dist.mean(total).item() / n_steps)  # the epoch's one read-back from the device
         elapsed = time.perf_counter() - t0
@@ -282,7 +332,8 @@ class TrainLoop:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
                 "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "ema": None if self.ema is None else self.ema.state_dict()}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -290,6 +341,8 @@ class TrainLoop:
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.rng.bit_generator.state = state["numpy_rng"]
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -297,7 +350,7 @@ class TrainLoop:
 
 def fit(model, data: CropDataset, *, train_cfg: dict, mixup_alpha: float, augment_cfg: dict, seed: int,
         device, validate=None, desc: str = "train", on_epoch=None,
-        checkpoint: Checkpointer | None = None) -> list[dict]:
+        checkpoint: Checkpointer | None = None, mixup_cfg: dict | None = None) -> list[dict]:
     """Train `model` in place for `train_cfg['epochs']` epochs. `validate(model) -> dict` is called
     every `eval_every` epochs (and after the last); `on_epoch(record)` (e.g. fat.track's DVCLive
     logger) after each epoch's record is complete, on rank 0 only; the history of epoch records is
@@ -314,7 +367,7 @@ def fit(model, data: CropDataset, *, train_cfg: dict, mixup_alpha: float, augmen
     seed_everything(seed)
     model.to(device)
     loop = TrainLoop(model, data, train_cfg=train_cfg, mixup_alpha=mixup_alpha, augment_cfg=augment_cfg,
-                     seed=seed, device=device, rank=rank, world=world)
+                     seed=seed, device=device, rank=rank, world=world, mixup_cfg=mixup_cfg)
     history: list[dict] = []
     start = 0
     state = checkpoint.load() if checkpoint is not None else None

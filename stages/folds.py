@@ -12,7 +12,8 @@ def main():
     args = ap.parse_args()
     logger = log.stage("folds")
     p = params.load()
-    df = folds.curated_folds(args.raw, int(p["cv"]["n_folds"]), seed=int(p["seed"]))
+    df = folds.curated_folds(args.raw, int(p["cv"]["n_folds"]), seed=int(p["seed"]),
+                             group_column=p["cv"].get("group_column"))
     write_csv(args.out, df)
     log.done(logger, "wrote %s: fold sizes %s", args.out, df["fold"].value_counts().sort_index().tolist())
 
