@@ -51,14 +51,14 @@ def test_default_model_has_the_plain_parameters():
 def test_band_norm_keeps_one_statistic_per_mel_band():
     m = build(input_norm="band", channels=["mel", "delta"])
     assert m.front.norm.num_features == 2 * N_MELS
-    x = torch.randn(8, N_MELS, LENGTH) * torch.linspace(1, 20, N_MELS).view(1, -1, 1) + 5
+    x = torch.randn(8, N_MELS, LENGTH) * torch.linspace(1, 5, N_MELS).view(1, -1, 1) + torch.linspace(-20, 20, N_MELS).view(1, -1, 1)
     m.train()
     h = m.front(x)  # (B, C, F, T): every (channel, band) is standardised over batch and time
     mel = h[:, 0]
     np.testing.assert_allclose(mel.mean(dim=(0, 2)).detach().numpy(), 0, atol=1e-4)
     np.testing.assert_allclose(mel.std(dim=(0, 2), unbiased=False).detach().numpy(), 1, atol=1e-2)
     glob = build(input_norm="global").front(x)[:, 0]  # one statistic: band means stay apart
-    assert glob.mean(dim=(0, 2)).std() > 0.1
+    assert glob.mean(dim=(0, 2)).std() > 0.5
 
 
 def test_clip_norm_ignores_a_per_band_offset_of_the_crop():
@@ -109,9 +109,12 @@ def test_concat_mix_replaces_the_tail_and_unions_the_labels():
     xm, ym = augment.concat_mix(x, y, 1.0, rng)
     for i in range(6):
         row = xm[i, 0]
-        cut = int((row != i).nonzero()[0]) if (row != i).any() else 20
         partner = int(row[-1])
-        assert 5 <= cut <= 15 and torch.all(row[:cut] == i) and torch.all(row[cut:] == partner)
+        if partner != i:  # (a sample drawn as its own partner is unchanged)
+            cut = int((row != i).nonzero()[0])
+            assert 5 <= cut <= 15 and torch.all(row[:cut] == i) and torch.all(row[cut:] == partner)
+        else:
+            assert torch.all(row == i)
         expect = torch.maximum(y[i], y[partner])
         assert torch.equal(ym[i], expect)
     assert (ym.sum(1) == 2).sum() >= 4  # most samples got a different partner: two labels
