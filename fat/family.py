@@ -159,7 +159,7 @@ def train_member(family: str, fold: int, params: dict, layout: Layout = Layout()
     result = {
         "fold": fold, "lwlrap": round(final["lwlrap"], 6), "val_loss": round(final["loss"], 6),
         "train_clips": int(len(tr_rows)), "pseudo_clips": n_pseudo, "val_clips": int(len(va_rows)),
-        "epochs": int(train_cfg["epochs"]),
+        "epochs": len(history),
     }  # metrics are deterministic for fixed params; wall time and device go to the log only
     log.info("%s@%d done in %.1f s on %s: %s", family, fold, time.perf_counter() - t0, device.type, result)
     return result
@@ -204,7 +204,7 @@ def train_pretrain(params: dict, layout: Layout = Layout()) -> dict | None:
     write_csv(out / "history.csv", history_frame(history))
     ckpt.clear()
     result = {"curated_lwlrap": round(last["lwlrap"], 6), "curated_loss": round(last["loss"], 6),
-              "train_clips": len(train_data), "epochs": int(train_cfg["epochs"])}
+              "train_clips": len(train_data), "epochs": len(history)}
     log.info("pretrain done in %.1f s on %s: %s", time.perf_counter() - t0, device.type, result)
     return result
 
