@@ -3,7 +3,8 @@ import argparse
 
 import pandas as pd
 
-from fat import ensemble, log, params, plots
+from fat import log, params
+from fat.evaluation import ensemble, plots
 from fat.io import write_csv, write_json
 
 

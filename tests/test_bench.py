@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from fat import bench, cli, params
-from fat.features import FeatureStore
+from fat import params
+from fat.tools import bench, cli
+from fat.features.store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,11 @@ import yaml
 from dvc_render.base import Renderer
 from matplotlib.image import imread
 
-from fat import data, params, track, webview
+from fat import params
+from fat.data import tables as data
+from fat.tools import offline_plots
+from fat.training import track
+import browser
 from test_webview import need
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,8 +124,8 @@ PLOT_IMAGES = ["metrics/ensemble_correlation.png", "metrics/ensemble_folds.png"]
 
 
 def test_plots_show_page_draws_every_plot_in_chromium(repo, first_repro, tmp_path):
-    need("chromium", webview.find_chromium() is not None)
-    need("the vega cache", webview.cached_scripts() is not None)
+    need("chromium", browser.find_chromium() is not None)
+    need("the vega cache", offline_plots.cached_scripts() is not None)
     run(["fat", "offline-plots"], repo)  # cached bundles: no network
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
     page = tmp_path / "plots/index.html"
@@ -136,7 +140,7 @@ def test_plots_show_page_draws_every_plot_in_chromium(repo, first_repro, tmp_pat
     bars = ["metrics/ensemble_per_class.csv"] + [f"metrics/pseudo/fold{k}_per_class.csv" for k in p["cv"]["folds"]]
     ident = Renderer.remove_special_chars
 
-    rep = webview.page_report(webview.dump_dom(page))
+    rep = browser.page_report(browser.dump_dom(page))
     assert rep["done"] == len(curves) + len(bars), "not every vega view settled"
     assert set(rep["plots"]) == {ident(n) for n in curves + bars + PLOT_IMAGES}
     for name in curves:
@@ -151,7 +155,7 @@ def test_plots_show_page_draws_every_plot_in_chromium(repo, first_repro, tmp_pat
         images = rep["plots"][ident(name)]["images"]
         assert len(images) == 1 and images[0]["loaded"] == "ok", (name, images)
 
-    shot = imread(webview.screenshot(page, tmp_path / "plots.png", width=1400, height=2400))
+    shot = imread(browser.screenshot(page, tmp_path / "plots.png", width=1400, height=2400))
     assert shot[..., :3].std() > 0.05
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fat import cli, prreport
+from fat.tools import cli, prreport
 
 STAGE = """\
 import json, pathlib, yaml
@@ -91,7 +91,7 @@ def test_unknown_base_is_a_clear_error(repo, tmp_path, capsys):
 
 
 def test_runs_as_a_module_without_the_fat_command(repo, tmp_path):
-    out = sh([sys.executable, "-m", "fat.prreport", "HEAD~1", "--repo", str(repo), "--out", str(tmp_path / "m")],
+    out = sh([sys.executable, "-m", "fat.tools.prreport", "HEAD~1", "--repo", str(repo), "--out", str(tmp_path / "m")],
              Path.cwd())
     assert (tmp_path / "m/report.md").read_text().startswith("## fat: results of this change against `HEAD~1`")
     assert out.strip().endswith("report.md")
@@ -104,10 +104,10 @@ def test_example_workflow_runs_the_module_with_arguments_it_accepts():
     wf = yaml.safe_load((Path(__file__).resolve().parents[1] / ".github/workflows/pr-report.yml").read_text())
     assert "pull_request" in wf.get("on", wf.get(True))  # YAML 1.1 reads the key `on` as true
     steps = wf["jobs"]["report"]["steps"]
-    args = shlex.split(next(s["run"] for s in steps if "fat.prreport" in s.get("run", "")))
+    args = shlex.split(next(s["run"] for s in steps if "fat.tools.prreport" in s.get("run", "")))
     ap = argparse.ArgumentParser()
     prreport._arguments(ap)
-    ns = ap.parse_args(args[args.index("fat.prreport") + 1:])
+    ns = ap.parse_args(args[args.index("fat.tools.prreport") + 1:])
     assert ns.base.startswith("origin/") and ns.plots_url.startswith("${{ github.server_url }}")
     uploads = [s["with"]["path"] for s in steps if s.get("uses", "").startswith("actions/upload-artifact")]
     assert [u.rstrip("/") for u in uploads] == [str(ns.out)]

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from fat.log import progress
 
-from fat.augment import fit_length, spec_augment
-from fat.features import FeatureStore
+from fat.training.augment import fit_length, spec_augment
+from fat.features.store import FeatureStore
 
 
 def window_starts(n: int, length: int, step: int, offset: int = 0) -> list[int]:

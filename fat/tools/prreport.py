@@ -9,7 +9,7 @@ run and no DVC remote: the report is
     figures of both revisions side by side), linked by path or by `--plots-url`.
 "Now" is the workspace (in CI: the checked-out pull request). It writes `<out>/report.md`.
 `.github/workflows/pr-report.yml` runs it on every pull request and posts the report as a comment.
-Runs with only the standard library and DVC installed (`python -m fat.prreport`).
+Runs with only the standard library and DVC installed (`python -m fat.tools.prreport`).
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fat.prreport", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m fat.tools.prreport", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     _arguments(ap)
     try:
