@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fat import data
-from fat.folds import curated_folds
-from fat.prepare import prepare
+from fat.data import tables as data
+from fat.data.folds import curated_folds
+from fat.data.prepare import prepare
 
 ROOT = Path(os.environ.get("FAT_DEVDATA", Path(__file__).resolve().parents[2] / "devdata" / "data"))
 PROVENANCE = ROOT.parent / "provenance.csv"

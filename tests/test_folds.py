@@ -165,7 +165,7 @@ def grouped(seed=0, n_groups=60):
 
 
 def test_group_folds_keep_each_group_in_one_fold_and_stay_stratified():
-    from fat.folds import make_group_folds
+    from fat.data.folds import make_group_folds
 
     fnames, targets, groups = grouped()
     df = make_group_folds(fnames, targets, groups, 3, seed=0)
@@ -179,7 +179,7 @@ def test_group_folds_keep_each_group_in_one_fold_and_stay_stratified():
 
 
 def test_curated_folds_with_and_without_a_group_column(tmp_path):
-    from fat.folds import curated_folds
+    from fat.data.folds import curated_folds
 
     classes = ["A", "B", "C"]
     pd.DataFrame({"fname": ["x.wav"], **{c: [0] for c in classes}}).to_csv(tmp_path / "sample_submission.csv", index=False)
@@ -201,7 +201,7 @@ def test_curated_folds_with_and_without_a_group_column(tmp_path):
 
 
 def test_group_folds_need_enough_groups():
-    from fat.folds import make_group_folds
+    from fat.data.folds import make_group_folds
 
     with pytest.raises(ValueError, match="2 groups into 3 folds"):
         make_group_folds(fnames_for(6), np.eye(3)[[0, 1, 2, 0, 1, 2]], ["a"] * 3 + ["b"] * 3, 3, seed=0)

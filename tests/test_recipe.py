@@ -1,13 +1,14 @@
 """Tests for the training techniques behind params (each off by default = the plain recipe):
-input normalisation and attention head (fat/models.py), label-union mixing and random-resized
-crops (fat/augment.py), the mixup schedule, label smoothing, EMA weights and AdamW (fat/train.py)."""
+input normalisation and attention head (fat/training/models.py), label-union mixing and random-resized
+crops (fat/training/augment.py), the mixup schedule, label smoothing, EMA weights and AdamW (fat/training/loop.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from fat import augment, models, train
+from fat.training import augment, models
+from fat.training import loop as train
 from test_train import AUGMENT, CPU, LENGTH, N_CLASSES, N_MELS, TINY, TRAIN_CFG, band_problem
 
 
