@@ -72,9 +72,10 @@ def read_source(root: str | Path) -> tuple[Source | None, list[str]]:
                   f"FSDKaggle2019 Zenodo layout (no {ZENODO_META}/ folder)"]
 
 
-def _read_table(path: Path, classes: list[str], *,
-                need_labels: bool = True) -> tuple[pd.DataFrame | None, list[str], int]:
-    """(table with fname,labels normalised, problems, rows normalised) for one labels CSV."""
+def _read_table(path: Path, classes: list[str], *, need_labels: bool = True,
+                keep_extra: bool = False) -> tuple[pd.DataFrame | None, list[str], int]:
+    """(table with fname,labels normalised (with `keep_extra`, any further columns as they are),
+    problems, rows normalised) for one labels CSV."""
     if not path.exists():
         return None, [f"{path}: missing"], 0
     if path.stat().st_size == 0:
@@ -91,7 +92,8 @@ def _read_table(path: Path, classes: list[str], *,
                       f"got {','.join(df.columns)}"], 0
     if len(df) == 0:
         return None, [f"{path}: no rows (only a header)"], 0
-    df = df[cols].copy() if need_labels else df[["fname"]].assign(labels="")
+    extra = [c for c in df.columns if c not in ("fname", "labels")] if keep_extra else []  # e.g. a recording id
+    df = df[cols + extra].copy() if need_labels else df[["fname"]].assign(labels="")
     fn = df["fname"].str.strip()
     labs = df["labels"].map(lambda s: ",".join(data.split_labels(s)))
     normalised = int(((fn != df["fname"]) | (labs != df["labels"])).sum())
@@ -128,7 +130,7 @@ def _read_kaggle(root: Path) -> tuple[Source | None, list[str]]:
         else:
             need_labels = True
             src.test_labelled |= split == "test"
-        df, errs, n = _read_table(path, classes, need_labels=need_labels)
+        df, errs, n = _read_table(path, classes, need_labels=need_labels, keep_extra=split == "curated")
         problems += errs
         src.normalised += n
         if df is not None:
@@ -170,7 +172,7 @@ def _read_zenodo(root: Path) -> tuple[Source | None, list[str]]:
     problems = []
     for split, (csv_name, folder) in ZENODO_TABLES.items():
         path = meta / csv_name
-        df, errs, n = _read_table(path, classes)
+        df, errs, n = _read_table(path, classes, keep_extra=split == "curated")  # cv.group_column
         problems += errs
         src.normalised += n
         if df is not None:
