@@ -33,6 +33,9 @@ PRESETS_DIR = Path(__file__).with_name("presets")
 FOLD_FAMILIES = ("baseline", "finetune", "retrain")  # the families with one member per fold
 MODEL_CHANNELS = ("mel", "delta", "delta2", "mfcc")
 BAD_AUDIO_POLICIES = ("error", "skip")
+MODEL_INPUT_NORMS = ("global", "band", "clip")
+MODEL_HEADS = ("meanmax", "attention")
+OPTIMIZERS = ("adam", "adamw")
 
 
 class ParamsError(DataError):
@@ -296,6 +299,9 @@ class CV(Section):
 
     n_folds: int = knob(3, ">= 2", lambda v: v >= 2)
     folds: tuple[int, ...] = knob((0, 1, 2))  # must be list(range(n_folds)): DVC's foreach needs the list
+    # a column of train_curated.csv naming related clips (e.g. a recording id): each group stays in one fold
+    group_column: str | None = knob(None, "a column name of train_curated.csv (null: clip-level folds)",
+                                    lambda v: bool(v.strip()))
 
 
 @dataclass(frozen=True)
@@ -307,6 +313,8 @@ class Model(Section):
     base_channels: int = knob(8, ">= 1", lambda v: v >= 1)
     n_blocks: int = knob(4, ">= 1", lambda v: v >= 1)
     dropout: float = knob(0.3, "between 0 and 1 (exclusive of 1)", lambda v: 0 <= v < 1)
+    input_norm: str = knob("global", choices=MODEL_INPUT_NORMS)  # BatchNorm per channel, per mel band, or per clip
+    head: str = knob("meanmax", choices=MODEL_HEADS)  # attention: adds attention pooling over time
 
 
 @dataclass(frozen=True)
@@ -322,6 +330,11 @@ class Train(Section):
     num_workers: int = knob(0, ">= 0", lambda v: v >= 0)
     compile: bool = knob(False)
     eval_every: int = knob(1, ">= 1", lambda v: v >= 1)
+    optimizer: str = knob("adam", choices=OPTIMIZERS)
+    min_steps: int = knob(256, ">= 0 (0 = epochs as set)", lambda v: v >= 0)  # a floor on the optimiser steps
+    stretch: float = knob(0.0, ">= 0 (0 disables random-resized crops)", lambda v: v >= 0)
+    label_smoothing: float = knob(0.0, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
+    ema_decay: float = knob(0.0, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
 
 
 @dataclass(frozen=True)
@@ -347,6 +360,8 @@ class Mixup(Section):
     SECTION: typing.ClassVar[str] = "mixup"
 
     alpha: float = knob(0.0, ">= 0 (0 disables mixup)", lambda v: v >= 0)
+    until: float = knob(1.0, "between 0 and 1", _between(0, 1))  # mixing only in this first share of the epochs
+    concat_p: float = knob(0.0, "between 0 and 1", _between(0, 1))  # label-union mixing ("sigmoid concat")
 
 
 @dataclass(frozen=True)

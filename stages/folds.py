@@ -16,7 +16,7 @@ def main():
     args = ap.parse_args()
     logger = log.stage("folds")
     p = params.load()
-    df = folds.curated_folds(args.raw, p.cv.n_folds, seed=p.seed)
+    df = folds.curated_folds(args.raw, p.cv.n_folds, seed=p.seed, group_column=p.cv.group_column)
     write_csv(args.out, df)
     log.done(logger, "wrote %s: fold sizes %s", args.out, df["fold"].value_counts().sort_index().tolist())
 

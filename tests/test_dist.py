@@ -46,7 +46,8 @@ def validate(m):
     time.sleep(pause)  # gives a test the time to kill the process between epochs
     return train.evaluate(m, store, va, targets[va], 16, device=torch.device("cpu"))
 
-cfg = {"epochs": epochs, "batch_size": 8, "lr": 0.01, "weight_decay": 0.0, "warmup": 0.2, "eval_every": 1}
+cfg = {"epochs": epochs, "batch_size": 8, "lr": 0.01, "weight_decay": 0.0, "warmup": 0.2, "eval_every": 1,
+       "min_steps": 0}
 aug = {"p": 0.5, "freq_masks": 1, "freq_frac": 0.1, "time_masks": 1, "time_frac": 0.1}
 hist = train.fit(model, data, train=Train(**cfg), mixup=Mixup(alpha=0.2), augment=Augment(**aug), seed=1,
                  device=ctx.device,

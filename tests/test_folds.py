@@ -149,3 +149,60 @@ def test_rejects_too_few_clips():
     targets = imbalanced_targets(0, n=4, n_classes=3)
     with pytest.raises(ValueError, match="cannot split 4 clips into 5 folds"):
         make_folds(fnames_for(4), targets, 5, 0)
+
+
+# --------------------------------------------------------------------------- group column
+
+
+def grouped(seed=0, n_groups=60):
+    """Clips in groups of 1-8 (one recording cut into slices): a group shares its labels."""
+    rng = np.random.default_rng(seed)
+    g_targets = imbalanced_targets(seed, n=n_groups, n_classes=6)
+    sizes = rng.integers(1, 9, size=n_groups)
+    groups = np.repeat([f"rec{g}" for g in range(n_groups)], sizes)
+    targets = np.repeat(g_targets, sizes, axis=0)
+    return fnames_for(len(groups)), targets, list(groups)
+
+
+def test_group_folds_keep_each_group_in_one_fold_and_stay_stratified():
+    from fat.data.folds import make_group_folds
+
+    fnames, targets, groups = grouped()
+    df = make_group_folds(fnames, targets, groups, 3, seed=0)
+    assert list(df["fname"]) == fnames and set(df["fold"]) == {0, 1, 2}
+    assert (pd.DataFrame({"g": groups, "f": df["fold"]}).groupby("g")["f"].nunique() == 1).all()
+    plain = make_folds(fnames, targets, 3, seed=0)["fold"]
+    split = pd.DataFrame({"g": groups, "f": plain}).groupby("g")["f"].nunique()
+    assert (split > 1).any()  # clip-level folds do cut groups: the group split is not a coincidence
+    counts = per_fold_label_counts(targets, df["fold"].to_numpy(), 3)
+    assert (counts > 0).all()  # every label in every fold
+
+
+def test_curated_folds_with_and_without_a_group_column(tmp_path):
+    from fat.data.folds import curated_folds
+
+    classes = ["A", "B", "C"]
+    pd.DataFrame({"fname": ["x.wav"], **{c: [0] for c in classes}}).to_csv(tmp_path / "sample_submission.csv",
+                                                                         index=False)
+    fnames = [f"{i:03d}.wav" for i in range(30)]
+    labels = [classes[i % 3] for i in range(30)]
+    rec = [f"r{i // 3}" for i in range(30)]  # groups of three clips
+    pd.DataFrame({"fname": fnames, "labels": labels}).to_csv(tmp_path / "train_curated.csv", index=False)
+    before = curated_folds(tmp_path, 3, seed=4)
+    pd.DataFrame({"fname": fnames, "labels": labels, "rec": rec}).to_csv(tmp_path / "train_curated.csv", index=False)
+    assert curated_folds(tmp_path, 3, seed=4).equals(before)  # no group_column: as before
+    by_rec = curated_folds(tmp_path, 3, seed=4, group_column="rec")
+    assert (by_rec.assign(rec=rec).groupby("rec")["fold"].nunique() == 1).all()
+    with pytest.raises(ValueError, match=r"train_curated.csv: cv.group_column 'recording' is not a column"):
+        curated_folds(tmp_path, 3, seed=4, group_column="recording")
+    rec[7] = ""
+    pd.DataFrame({"fname": fnames, "labels": labels, "rec": rec}).to_csv(tmp_path / "train_curated.csv", index=False)
+    with pytest.raises(ValueError, match=r"1 clips have an empty 'rec' value.*row 9 \(007.wav\)"):
+        curated_folds(tmp_path, 3, seed=4, group_column="rec")
+
+
+def test_group_folds_need_enough_groups():
+    from fat.data.folds import make_group_folds
+
+    with pytest.raises(ValueError, match="2 groups into 3 folds"):
+        make_group_folds(fnames_for(6), np.eye(3)[[0, 1, 2, 0, 1, 2]], ["a"] * 3 + ["b"] * 3, 3, seed=0)

@@ -26,7 +26,7 @@ TINY = Params.build({
     "features": {"n_fft": 512, "hop_length": 256, "n_mels": 16},
     "cv": {"n_folds": 2, "folds": [0, 1]},
     "model": {"base_channels": 4, "n_blocks": 2},
-    "train": {"crop_frames": 16, "batch_size": 8, "epochs": 2},
+    "train": {"crop_frames": 16, "batch_size": 8, "epochs": 2, "min_steps": 0},
     "pretrain": {"epochs": 1, "eval_every": 1},
 })
 
@@ -74,6 +74,12 @@ def test_fold_member_writes_its_out_of_fold_and_test_predictions(project, family
     assert len(pd.read_csv(out / "history.csv")) == 2
     _, ckpt = models.load(out / "model.pt", classes=classes)
     assert (ckpt["family"], ckpt["fold"], ckpt["crop_frames"]) == (family, 0, 16)
+
+
+def test_members_report_the_epochs_train_min_steps_gave_them(project):
+    floor = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, min_steps=3))  # 12 clips / 8: 1 step
+    result = members.train_member("baseline", 1, floor, project)
+    assert result["epochs"] == 3 and len(pd.read_csv(project.member("baseline", 1) / "history.csv")) == 3
 
 
 def test_same_params_give_byte_identical_member_outputs(project):

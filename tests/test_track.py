@@ -51,7 +51,8 @@ def test_fit_calls_on_epoch_with_each_completed_record_and_curves_are_logged(tmp
             seen.append(dict(rec))  # a copy of the record as it was when the hook ran
             log_curves(rec)
 
-        hist = train.fit(model, data, train=Train(**{"epochs": 4, "batch_size": 4, "lr": 0.01, "eval_every": 2}),
+        hist = train.fit(model, data, train=Train(**{"epochs": 4, "batch_size": 4, "lr": 0.01, "eval_every": 2,
+                                                         "min_steps": 0}),
                          mixup=Mixup(alpha=0.0),
                          augment=Augment(p=0.0, freq_masks=1, freq_frac=0.1, time_masks=1, time_frac=0.1),
                          seed=0, device=torch.device("cpu"), validate=validate, on_epoch=on_epoch)

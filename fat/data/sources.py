@@ -102,9 +102,10 @@ def _shared_fnames(src: Source) -> list[str]:
 
 
 def _read_table(path: Path, classes: list[str], *, need_labels: bool = True,
-                vocab: str = f"the vocabulary of {data.SAMPLE_SUBMISSION}",
+                vocab: str = f"the vocabulary of {data.SAMPLE_SUBMISSION}", keep_extra: bool = False,
                 ) -> tuple[pd.DataFrame | None, list[str], int]:
-    """(table with fname,labels normalised, problems, rows normalised) for one labels CSV.
+    """(table with fname,labels normalised (with `keep_extra`, any further columns as they are, e.g.
+    a recording id for cv.group_column), problems, rows normalised) for one labels CSV.
     Every problem names the file, the column, the offending values and the fnames carrying them."""
     cols = ("fname", "labels") if need_labels else ("fname",)
     try:
@@ -113,7 +114,8 @@ def _read_table(path: Path, classes: list[str], *, need_labels: bool = True,
         return None, e.problems, 0
     if len(df) == 0:
         return None, [f"{path}: no rows (only a header)"], 0
-    df = df[list(cols)].copy() if need_labels else df[["fname"]].assign(labels="")
+    extra = [c for c in df.columns if c not in ("fname", "labels")] if keep_extra else []  # e.g. a recording id
+    df = df[list(cols) + extra].copy() if need_labels else df[["fname"]].assign(labels="")
     lines = df.index
     fn = df["fname"].str.strip()
     labs = df["labels"].map(lambda s: ",".join(data.split_labels(s)))
@@ -155,7 +157,7 @@ def _read_kaggle(root: Path) -> tuple[Source | None, list[str]]:
         else:
             need_labels = True
             src.test_labelled |= split == "test"
-        df, errs, n = _read_table(path, classes, need_labels=need_labels)
+        df, errs, n = _read_table(path, classes, need_labels=need_labels, keep_extra=split == "curated")
         problems += errs
         src.normalised += n
         if df is not None:
@@ -206,7 +208,8 @@ def _read_zenodo(root: Path) -> tuple[Source | None, list[str]]:
     problems = []
     for split, (csv_name, folder) in ZENODO_TABLES.items():
         path = meta / csv_name
-        df, errs, n = _read_table(path, classes, vocab=f"the vocabulary of {ZENODO_VOCABULARY}")
+        df, errs, n = _read_table(path, classes, vocab=f"the vocabulary of {ZENODO_VOCABULARY}",
+                                  keep_extra=split == "curated")  # cv.group_column
         problems += errs
         src.normalised += n
         if df is not None:

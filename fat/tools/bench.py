@@ -156,11 +156,12 @@ def _training_setup(store_dir, p: Params, steps: int, epochs: int, seed: int = 0
     bs = p.train.batch_size
     rows = np.linspace(0, len(store) - 1, steps * bs).round().astype(np.int64)  # spread over the whole store
     targets = (np.random.default_rng(seed).random((len(rows), N_CLASSES)) < 1.5 / N_CLASSES).astype(np.float32)
-    data = train.CropDataset(store, rows, targets, p.train.crop_frames, seed)
+    data = train.CropDataset(store, rows, targets, p.train.crop_frames, seed, stretch=p.train.stretch)
     device = pick_device()
     train.seed_everything(seed)
     model = models.build(p.model, N_CLASSES, store.n_mels).to(device)
-    loop = train.TrainLoop(model, data, train=dataclasses.replace(p.train, epochs=epochs), mixup=p.mixup,
+    loop = train.TrainLoop(model, data, train=dataclasses.replace(p.train, epochs=epochs, min_steps=0),
+                           mixup=p.mixup,
                            augment=p.augment, seed=seed, device=device)
     return loop, device
 

@@ -66,3 +66,47 @@ def spec_augment(x: torch.Tensor, rng: np.random.Generator, freq_masks: int = 2,
             hit = (pos >= s_t.view(b, 1)) & (pos < e_t.view(b, 1))  # (B, size)
             keep &= ~(hit.view(b, size, 1) if dim == 1 else hit.view(b, 1, size))
     return torch.where(keep, x, fill)
+
+
+def concat_mix(x: torch.Tensor, y: torch.Tensor, p: float, rng: np.random.Generator):
+    """Label-union mixing ("sigmoid concat"): with probability `p` per sample, the crop's frames
+    from a random cut point on (between a quarter and three quarters of the crop) are replaced by
+    the same frames of a random partner's crop, and the target becomes the union (element-wise max)
+    of both targets. p 0 returns the batch unchanged."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"mixup.concat_p must be between 0 and 1, got {p}")
+    if p == 0 or len(x) < 2:
+        return x, y
+    b, t = len(x), x.shape[-1]
+    hit = rng.uniform(size=b) < p
+    cut = rng.integers(t // 4, max(t // 4 + 1, 3 * t // 4 + 1), size=b)
+    perm = rng.permutation(b)
+    cut_t = to_device(np.where(hit, cut, t), x.device)  # t: nothing replaced
+    late = torch.arange(t, device=x.device).view(1, t) >= cut_t.view(b, 1)  # (B, T)
+    x = torch.where(late.view(b, *([1] * (x.dim() - 2)), t), x[to_device(perm, x.device)], x)
+    hit_t = to_device(hit, x.device).view(b, *([1] * (y.dim() - 1)))
+    y = torch.where(hit_t, torch.maximum(y, y[to_device(perm, y.device)]), y)
+    return x, y
+
+
+def stretch_window(length: int, stretch: float, rng: np.random.Generator) -> int:
+    """The source window of a random-resized crop: `length` frames times a factor drawn
+    log-uniformly from [1/(1+stretch), 1+stretch] (at least 1 frame). stretch 0 is `length`."""
+    if stretch < 0:
+        raise ValueError(f"train.stretch must be >= 0 (0 disables random-resized crops), got {stretch}")
+    if stretch == 0:
+        return length
+    f = np.exp(rng.uniform(-np.log1p(stretch), np.log1p(stretch)))
+    return max(1, int(round(length * f)))
+
+
+def resize_time(x: np.ndarray, length: int) -> np.ndarray:
+    """(n_mels, n) resampled to (n_mels, length) along time by linear interpolation (a time stretch)."""
+    n = x.shape[1]
+    if n == length:
+        return x
+    pos = (np.arange(length) + 0.5) * (n / length) - 0.5
+    lo = np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    w = np.clip(pos - lo, 0.0, 1.0).astype(np.float32)
+    return x[:, lo] * (1 - w) + x[:, hi] * w

@@ -1,6 +1,16 @@
 """Training: random crops straight from the memory-mapped store, SpecAugment + mixup on the device,
 BCE loss, Adam with a one-cycle schedule, per-epoch validation, deterministic for fixed seeds.
 
+Options (params; each off by default but the step floor): random-resized crops (`train.stretch`:
+each crop is read from a window up to 1 + stretch times longer or shorter and resampled to the
+crop length), a mixup schedule (`mixup.until`: mixing only in the first share of the epochs),
+label-union mixing (`mixup.concat_p`, see `augment.concat_mix`), label smoothing
+(`train.label_smoothing`), a floor on the schedule's length in optimiser steps
+(`train.min_steps`, on by default: a small training set gets more epochs, so that it sees as many
+batches as a larger one), weight averaging
+(`train.ema_decay`: an exponential moving average of the weights and BatchNorm statistics, which
+replaces the trained weights after the last epoch) and AdamW (`train.optimizer`).
+
 Throughput: a batch is gathered in one call (`CropDataset.batch`: crops are sliced from the memory
 map into one array, no per-sample tensors or collation); the batch sampler carries the epoch, so
 DataLoader workers (`train.num_workers`) persist across epochs and still crop each epoch afresh;
@@ -43,10 +53,12 @@ class CropDataset(Dataset):
     """Random fixed-length crops of store rows `rows` with float targets (hard or soft labels).
     The crop of item i in epoch e depends only on (seed, e, i): identical with any worker count."""
 
-    def __init__(self, store: FeatureStore, rows, targets: np.ndarray, length: int, seed: int):
+    def __init__(self, store: FeatureStore, rows, targets: np.ndarray, length: int, seed: int, stretch: float = 0.0):
         if len(rows) != len(targets):
             raise ValueError(f"{len(rows)} rows but {len(targets)} target rows")
         self.store, self.rows, self.length, self.seed = store, np.asarray(rows), int(length), int(seed)
+        self.stretch = float(stretch)
+        augment.stretch_window(self.length, self.stretch, np.random.default_rng(0))  # validates stretch
         self.targets = np.asarray(targets, dtype=np.float32)
         self.epoch = 0
 
@@ -57,6 +69,12 @@ class CropDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, i])
         r = int(self.rows[i])
         n = int(self.store.lengths[r])
+        if self.stretch > 0:  # random-resized crop: a window of another length, resampled
+            w = augment.stretch_window(self.length, self.stretch, rng)
+            start = augment.random_start(rng, n, w)
+            out[...] = augment.resize_time(augment.fit_length(self.store.clip(r), w, start).astype(np.float32),
+                                           self.length)
+            return
         start = augment.random_start(rng, n, self.length)
         if n >= self.length:
             off = int(self.store.offsets[r]) + start
@@ -168,11 +186,21 @@ class TrainLoop:
                                   num_workers=train.num_workers, rank=rank, world=world)
         if len(self.loader) == 0:
             raise ValueError("no training data")
-        self.opt = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        # small training sets: more epochs, so that the schedule has at least train.min_steps steps
+        self.epochs = max(self.epochs, -(-train.min_steps // len(self.loader)))
+        opt_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+        self.opt = opt_cls(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
         self.sched = torch.optim.lr_scheduler.OneCycleLR(
             self.opt, max_lr=train.lr, total_steps=self.epochs * len(self.loader), pct_start=train.warmup)
         self.rng = np.random.default_rng([seed, 7] if world == 1 else [seed, 7, rank])
         self.mixup_alpha = mixup.alpha
+        self.mix_epochs = int(np.ceil(mixup.until * self.epochs))  # mixing (mixup, concat) in epochs < this
+        self.concat_p = mixup.concat_p
+        self.smoothing = train.label_smoothing
+        decay = train.ema_decay
+        self.ema = (torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+            if decay > 0 else None)
         self.p_mask = augment.p
         self.mask_kw = augment.masks()
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -203,7 +231,11 @@ class TrainLoop:
             x, y = (v.to(self.device, non_blocking=True) for v in batch)
             if self.p_mask > 0 and self.rng.uniform() < self.p_mask:
                 x = augment.spec_augment(x, self.rng, **self.mask_kw)
-            x, y = augment.mixup(x, y, self.mixup_alpha, self.rng)
+            if epoch < self.mix_epochs:
+                x, y = augment.concat_mix(x, y, self.concat_p, self.rng)
+                x, y = augment.mixup(x, y, self.mixup_alpha, self.rng)
+            if self.smoothing > 0:
+                y = y * (1 - self.smoothing) + 0.5 * self.smoothing
             with self.autocast:
                 loss = self.loss_fn(self.forward(x).float(), y)
             self.opt.zero_grad(set_to_none=True)
@@ -211,7 +243,11 @@ class TrainLoop:
             self.scaler.step(self.opt)
             self.scaler.update()
             self.sched.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             total += loss.detach()
+        if self.ema is not None and epoch + 1 == self.epochs:  # the averaged weights are the result
+            self.model.load_state_dict(self.ema.module.state_dict())
         n_steps = len(self.loader)
         train_loss = float(dist.mean(total).item() / n_steps)  # the epoch's one read-back from the device
         elapsed = time.perf_counter() - t0
@@ -230,7 +266,8 @@ class TrainLoop:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
                 "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "ema": None if self.ema is None else self.ema.state_dict()}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -238,6 +275,8 @@ class TrainLoop:
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.rng.bit_generator.state = state["numpy_rng"]
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -246,7 +285,8 @@ class TrainLoop:
 def fit(model, data: CropDataset, *, train: Train, mixup: Mixup, augment: Augment, seed: int,
         device, validate=None, desc: str = "train", on_epoch=None,
         checkpoint: Checkpointer | None = None) -> list[dict]:
-    """Train `model` in place for `train.epochs` epochs. `validate(model) -> dict` is called
+    """Train `model` in place for `train.epochs` epochs (more if
+    `train.min_steps` asks for them: `len(history)` is the count trained). `validate(model) -> dict` is called
     every `eval_every` epochs (and after the last); `on_epoch(record)` (e.g. fat.training.track's DVCLive
     logger) after each epoch's record is complete, on rank 0 only; the history of epoch records is
     returned.

@@ -109,14 +109,15 @@ def train_member(family: str, fold: int, p: Params, layout: Layout = Layout()) -
     if family == "finetune" or (family == "retrain" and p.retrain.init == "pretrain"):
         models.load_backbone(model, layout.pretrain / "model.pt")
         inputs.append(layout.pretrain / "model.pt")
-    datasets = [CropDataset(store, tr_rows, tr_y, train.crop_frames, seed)]
+    datasets = [CropDataset(store, tr_rows, tr_y, train.crop_frames, seed, stretch=train.stretch)]
     n_pseudo = 0
     if family == "retrain":
         inputs += [layout.pseudo(fold) / "labels.csv", *_feature_index(layout, "noisy")]
         p_fnames, p_y = load_pseudo(layout, fold, classes)
         if len(p_fnames):
             noisy = FeatureStore.open(layout.features("noisy"))
-            datasets.append(CropDataset(noisy, noisy.position(p_fnames), p_y, train.crop_frames, seed + 1))
+            datasets.append(CropDataset(noisy, noisy.position(p_fnames), p_y, train.crop_frames, seed + 1,
+                                        stretch=train.stretch))
             n_pseudo = len(p_fnames)
     run = Run(name=f"{family}@{fold}", train=train, seed=seed, model=model,
               data=datasets[0] if len(datasets) == 1 else ConcatCrops(datasets), val=(store, va_rows, va_y),
@@ -136,7 +137,7 @@ def train_member(family: str, fold: int, p: Params, layout: Layout = Layout()) -
     result = {
         "fold": fold, "lwlrap": round(final["lwlrap"], 6), "val_loss": round(final["loss"], 6),
         "train_clips": int(len(tr_rows)), "pseudo_clips": n_pseudo, "val_clips": int(len(va_rows)),
-        "epochs": train.epochs,
+        "epochs": len(history),  # train.epochs, or more when train.min_steps asks for them
     }  # metrics are deterministic for fixed params; wall time and device go to the log only
     log.info("%s@%d done in %.1f s on %s: %s", family, fold, time.perf_counter() - t0, device.type, result)
     return result
@@ -157,7 +158,8 @@ def train_pretrain(p: Params, layout: Layout = Layout()) -> dict | None:
     seed = member_seed(p.seed, 99)
     model = _build_model(p, seed, len(classes), noisy.n_mels)
     train_data = CropDataset(noisy, noisy.position(noisy_table["fname"]),
-                             tables.multi_hot(noisy_table["labels"], classes), train.crop_frames, seed)
+                             tables.multi_hot(noisy_table["labels"], classes), train.crop_frames, seed,
+                             stretch=train.stretch)
     run = Run(name="pretrain", train=train, seed=seed, model=model, data=train_data, val=(curated, cur_rows, cur_y),
               curves=layout.curves("pretrain"),
               inputs=_feature_index(layout, "noisy") + _feature_index(layout, "curated"))
@@ -168,7 +170,7 @@ def train_pretrain(p: Params, layout: Layout = Layout()) -> dict | None:
     _save(layout.pretrain, run, p, classes, noisy.n_mels, history, extra={"family": "pretrain"})
     ckpt.clear()
     result = {"curated_lwlrap": round(last["lwlrap"], 6), "curated_loss": round(last["loss"], 6),
-              "train_clips": len(train_data), "epochs": train.epochs}
+              "train_clips": len(train_data), "epochs": len(history)}
     log.info("pretrain done in %.1f s on %s: %s", time.perf_counter() - t0, device.type, result)
     return result
 
