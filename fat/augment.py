@@ -50,6 +50,14 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generat
     return lx * x + (1 - lx) * x[perm], ly * y + (1 - ly) * y[perm]
 
 
+MASK_KEYS = ("freq_masks", "freq_frac", "time_masks", "time_frac")
+
+
+def mask_settings(augment_cfg: dict) -> dict:
+    """The `augment` section's mask sizes (what TTA's masked views use)."""
+    return {k: augment_cfg[k] for k in MASK_KEYS}
+
+
 def spec_augment(x: torch.Tensor, rng: np.random.Generator, freq_masks: int = 2, freq_frac: float = 0.15,
                  time_masks: int = 2, time_frac: float = 0.2) -> torch.Tensor:
     """Mask `freq_masks` bands of up to `freq_frac` of the mel bins and `time_masks` spans of up

@@ -125,10 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=0, help="worker processes (0 = all cores)")
     p.set_defaults(func=_synth)
 
-    from fat import bench, fetch, prreport, webview  # commands that live in their own modules
+    from fat import bench, export, fetch, infer, prreport, webview  # commands that live in their own modules
 
     bench.add_parser(sub)
+    export.add_parser(sub)
     fetch.add_parser(sub)
+    infer.add_parser(sub)
     prreport.add_parser(sub)
     webview.add_parser(sub)
     return ap

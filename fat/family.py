@@ -20,18 +20,14 @@ from torch.utils.data import ConcatDataset
 from fat import data, dist, metrics, models, track
 from fat.checkpoint import Checkpointer, file_digest, fingerprint
 from fat.features import FeatureStore
-from fat.layout import FOLD_FAMILIES, Layout
+from fat.layout import FOLD_FAMILIES, Layout, member_seed, tta_seeds
+from fat.augment import mask_settings
 from fat.io import load_predictions, save_predictions, write_csv
 from fat.predict import predict_plain, predict_tta
 from fat.train import CropDataset, check_settings, evaluate, fit, pick_device, seed_everything
 
 log = logging.getLogger("fat.family")
 
-
-
-def member_seed(seed: int, fold: int) -> int:
-    """Fold k of every family starts from the same seed, so families are compared paired."""
-    return int(seed) * 100 + int(fold)
 
 
 FAMILY_ONLY_KEYS = {"retrain": {"init"}}  # family keys that are not `train` overrides
@@ -226,12 +222,12 @@ def predict_member(family: str, fold: int, params: dict, layout: Layout = Layout
     model.to(device)
     crop = int(ckpt["crop_frames"])
     test_store = FeatureStore.open(layout.features("test"))
-    seed = member_seed(params["seed"], fold)
-    mask_cfg = {k: params["augment"][k] for k in ("freq_masks", "freq_frac", "time_masks", "time_frac")}
-    oof_plain, oof_tta = predict_tta(model, store, va_rows, crop, params["tta"], mask_cfg, device=device, seed=seed,
+    oof_seed, test_seed = tta_seeds(params["seed"], fold)
+    mask_cfg = mask_settings(params["augment"])
+    oof_plain, oof_tta = predict_tta(model, store, va_rows, crop, params["tta"], mask_cfg, device=device, seed=oof_seed,
                                      desc=f"TTA {family}@{fold} oof")
     _, test_tta = predict_tta(model, test_store, np.arange(len(test_store)), crop, params["tta"], mask_cfg,
-                              device=device, seed=seed + 1, desc=f"TTA {family}@{fold} test")
+                              device=device, seed=test_seed, desc=f"TTA {family}@{fold} test")
     out = layout.preds(family, fold)
     save_predictions(out / "oof.csv", va_fnames, oof_tta, classes)
     save_predictions(out / "test.csv", test_store.fnames, test_tta, classes)

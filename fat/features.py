@@ -292,6 +292,14 @@ def _single_threaded_torch(enabled: bool):
         torch.set_num_threads(before)
 
 
+def clip_frames(path, kw: dict, dtype="float16", device=None) -> tuple[np.ndarray, float]:
+    """One audio file as the feature store holds it: (log-mel frames (frames, n_mels) in the storage
+    `dtype`, duration in seconds). `build_store` and `fat predict` both compute clips with this."""
+    y = audio.load(path, kw["sr"])
+    frames = log_mel_frames(y, device=device, **kw)
+    return np.ascontiguousarray(frames, dtype=np.dtype(dtype)), len(y) / kw["sr"]
+
+
 def build_store(paths: list[Path], fnames: list[str], out_dir: str | Path, kw: dict,
                 dtype: str = "float16", n_jobs: int = 0, desc: str = "log-mel", device=None) -> dict:
     """Compute log-mels for `paths` and write a store into `out_dir` atomically. `n_jobs` threads
@@ -304,8 +312,7 @@ def build_store(paths: list[Path], fnames: list[str], out_dir: str | Path, kw: d
     device = default_device() if device is None else torch.device(device)
 
     def clip_features(path):
-        y = audio.load(path, kw["sr"])
-        return log_mel_frames(y, device=device, **kw), len(y) / kw["sr"]
+        return clip_frames(path, kw, dtype, device)
 
     offsets, lengths, durations = [], [], []
     total = 0
@@ -320,7 +327,7 @@ def build_store(paths: list[Path], fnames: list[str], out_dir: str | Path, kw: d
                 for _ in progress(range(len(paths)), desc=desc):
                     m, dur = pending.popleft().result()
                     pending.extend(pool.submit(clip_features, p) for p in itertools.islice(todo, 1))
-                    f.write(np.ascontiguousarray(m, dtype=dtype).tobytes())
+                    f.write(m.tobytes())
                     offsets.append(total)
                     lengths.append(m.shape[0])
                     durations.append(round(dur, 4))

@@ -7,6 +7,17 @@ from pathlib import Path
 FOLD_FAMILIES = ("baseline", "finetune", "retrain")  # the families with one member per fold (data/models/<family>/fold<k>)
 
 
+def member_seed(seed: int, fold: int) -> int:
+    """Fold k of every family starts from the same seed, so families are compared paired."""
+    return int(seed) * 100 + int(fold)
+
+
+def tta_seeds(seed: int, fold: int) -> tuple[int, int]:
+    """Seeds of member k's masked TTA views: (its out-of-fold clips, the test split and new audio)."""
+    base = member_seed(seed, fold)
+    return base, base + 1
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the pipeline keeps things (relative to the project root)."""
@@ -48,6 +59,11 @@ class Layout:
 
     def metrics(self, name: str) -> Path:
         return self.root / "metrics" / f"{name}.json"
+
+    @property
+    def bundle(self) -> Path:
+        """The ensemble's model bundle: model card + the members' fold models (`fat predict`'s default)."""
+        return self.root / "data/models/ensemble"
 
     @property
     def submission(self) -> Path:

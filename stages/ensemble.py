@@ -1,9 +1,11 @@
-"""Stage `ensemble`: correlation-filtered combination of the families -> data/submission.csv + metrics."""
+"""Stage `ensemble`: correlation-filtered combination of the families -> data/submission.csv, the model
+bundle data/models/ensemble (model card + fold models, what `fat predict` uses) and the headline
+metrics file metrics/summary.json (what `dvc exp show` and `dvc metrics diff` lead with)."""
 import argparse
 
 import pandas as pd
 
-from fat import ensemble, log, params, plots
+from fat import bundle, data, ensemble, log, params, plots, summary
 from fat.io import write_csv, write_json
 
 
@@ -13,8 +15,11 @@ def main():
     p = params.load()
     result, submission, per_class = ensemble.run(p)
     folds = result.pop("folds")  # OOF lwlrap per member and fold: a table and a figure, not more metrics
+    bundle.write(p, data.vocabulary("data/raw"), result)
+    result.pop("combiner")  # unrounded, in the model card
     write_csv("data/submission.csv", submission, float_format="%.6g")
     write_json("metrics/ensemble.json", result)
+    write_json("metrics/summary.json", summary.headline(result))
     write_csv("metrics/ensemble_per_class.csv", per_class)
     scores = {m: v["oof_lwlrap"] for m, v in result["members"].items()}
     plots.save_png(plots.correlation_heatmap(result["correlation"], scores, result["kept"], result["dropped"],
