@@ -123,6 +123,9 @@ class Predictor:
             return cls(bundle.read(model_dir), model_dir, device)
         if not model_dir.is_dir():
             raise FileNotFoundError(f"{model_dir}: no such model directory (run `dvc repro` or `dvc pull` first)")
+        if not any(model_dir.glob("fold*/model.pt")):
+            raise FileNotFoundError(f"{model_dir}: neither a model bundle (no {bundle.CARD}) nor a family directory "
+                                    "of the pipeline (fold<k>/model.pt)")
         from fat import params as params_mod
 
         p = params_mod.load(params_path)
@@ -130,8 +133,8 @@ class Predictor:
         files = [model_dir / f"fold{k}" / "model.pt" for k in folds]
         missing = [f for f in files if not f.is_file()]
         if missing:
-            raise FileNotFoundError(f"{missing[0]}: missing; {model_dir} is neither a model bundle (no {bundle.CARD}) "
-                                    f"nor a family directory with fold{folds[0]}/model.pt … fold{folds[-1]}/model.pt")
+            raise FileNotFoundError(f"{missing[0]}: missing; {params_path} has folds {folds}, so {model_dir} needs "
+                                    f"fold{folds[0]}/model.pt … fold{folds[-1]}/model.pt")
         classes = models.read_checkpoint(files[0])["classes"]
         card = bundle.family_card(model_dir.name, p, classes)
         for m in card["members"][model_dir.name]:
