@@ -11,6 +11,9 @@
   `--store-frames` frames x 128 mels (float16 by `features.dtype`) memory-mapped and runs training
   steps on crops spread over all of it. FAT2019's noisy set is about 18 million frames
   (`--store-frames 18000000`, a 4.6 GB file; the store is deleted afterwards).
+- predict (with `--predict-audio DIR`): audio-seconds per second of `fat predict` with the model of
+  `--predict-model` (default: the ensemble's bundle) on the audio files in DIR — reading, resampling,
+  log-mel and every kept member's fold models with TTA, as the command runs them (model loading excluded).
 """
 from __future__ import annotations
 
@@ -274,6 +277,28 @@ def bench_validate(root: Path, n_files: int, jobs: int = 0) -> dict:
             "files_per_s": round(n_files / child["seconds"], 1)}
 
 
+def bench_predict(model_dir: Path, audio: Path, jobs: int = 0) -> dict:
+    """`fat predict`'s throughput: the files of `audio`, tagged by the model of `model_dir`."""
+    import torch
+
+    from fat import infer
+
+    files = infer.find_audio([audio])
+    if not files:
+        raise ValueError(f"{audio}: no audio files to time `fat predict` on")
+    predictor = infer.Predictor.open(model_dir)
+    infer.tag(predictor, files[:1], jobs)  # warm-up: the compiled log-mel kernel, oneDNN's first calls
+    t0 = time.perf_counter()
+    _, probs, failed, seconds = infer.tag(predictor, files, jobs)
+    elapsed = time.perf_counter() - t0
+    members = sum(len(m) for m in predictor.members.values())
+    return {"model": str(model_dir), "audio": str(audio), "files": len(files), "unreadable": len(failed),
+            "audio_seconds": round(seconds, 1), "seconds": round(elapsed, 2),
+            "audio_s_per_s": round(seconds / elapsed, 1), "kept": predictor.kept, "fold_models": members,
+            "tta_views": 0 if not predictor.tta else 1 + len(predictor.tta["shifts"]) + int(predictor.tta["masked"]),
+            "torch_threads": torch.get_num_threads()}
+
+
 def run(args) -> dict:
     import torch
 
@@ -294,6 +319,8 @@ def run(args) -> dict:
         out["training"].update(store_frames=small["frames"], n_mels=small["n_mels"])
         if args.validate_files:
             out["validate"] = bench_validate(work / "validate", args.validate_files)
+        if args.predict_audio:
+            out["predict"] = bench_predict(args.predict_model, args.predict_audio)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -315,7 +342,11 @@ def summary(res: dict) -> str:
         f"{mem['n_mels']} mels ({mem['dtype']}, {mem['store_gb']:.2f} GB): peak RSS {mem['peak_rss_gb']:.2f} GB",
     ] + ([f"validation (`fat validate`: tables + every wav) of {v['files']:,} generated short wavs: {v['seconds']:.1f} s "
           f"({v['files_per_s']:.0f} files/s, {v['jobs']} workers), peak RSS {v['peak_rss_gb']:.2f} GB "
-          f"(each worker at most {v['peak_rss_worker_gb']:.2f} GB)"] if (v := res.get("validate")) else []))
+          f"(each worker at most {v['peak_rss_worker_gb']:.2f} GB)"] if (v := res.get("validate")) else [])
+      + ([f"fat predict ({pr['model']}: {', '.join(pr['kept'])}; {pr['fold_models']} fold models x {pr['tta_views']} "
+          f"views) on {pr['files']} files of {pr['audio']} ({pr['audio_seconds']} s of audio): "
+          f"{pr['audio_s_per_s']:.1f} audio-seconds per second, {pr['torch_threads']} torch threads"]
+         if (pr := res.get("predict")) else []))
 
 
 def add_parser(sub) -> None:
@@ -336,6 +367,11 @@ def add_parser(sub) -> None:
     p.add_argument("--validate-files", type=int, default=0,
                    help="also time `fat validate` on a generated directory of this many short wavs; "
                         "FAT2019 has ~29000 (default: 0, skipped)")
+    p.add_argument("--predict-audio", type=Path, default=None,
+                   help="also time `fat predict` on the audio files of this directory, e.g. data/raw/test "
+                        "(default: skipped)")
+    p.add_argument("--predict-model", type=Path, default=Path("data/models/ensemble"),
+                   help="the model `fat predict` is timed with (default: %(default)s)")
     p.add_argument("--workdir", default=None, help="where the generated stores go (default: the system temp dir)")
     p.set_defaults(func=main)
 

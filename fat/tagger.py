@@ -62,9 +62,10 @@ class Windowed(nn.Module):
         n = mel.shape[1]
         length = self.crop
         i = torch.arange(n // length + 1, dtype=torch.int64)
-        last = torch.clamp(torch.full((1,), n - length, dtype=torch.int64), min=0)
+        n_t = torch.full((1,), n, dtype=torch.int64)  # a tensor, not a size: exporters take tensor arithmetic
+        last = torch.clamp(n_t - length, min=0)
         starts = torch.minimum(i * length, last)
-        idx = torch.remainder(starts.unsqueeze(1) + torch.arange(length, dtype=torch.int64).unsqueeze(0), n)
+        idx = torch.remainder(starts.unsqueeze(1) + torch.arange(length, dtype=torch.int64).unsqueeze(0), n_t)
         windows = mel[:, idx].permute(1, 0, 2)  # (windows, n_mels, crop)
         valid = ((i == 0) | ((i - 1) * length < n - length)).to(torch.float32).unsqueeze(1)
         probs = torch.sigmoid(self.cnn(windows))
