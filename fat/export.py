@@ -58,6 +58,11 @@ def export(model_dir: Path, out: Path, formats=("torchscript", "onnx"), params_p
     from fat.infer import Predictor
     from fat.tagger import build
 
+    import warnings
+
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo"):  # their INFO lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # are per-pass details, not progress
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")  # TorchScript's notice
     predictor = Predictor.open(model_dir, params_path, device="cpu")
     bad = [f for f in formats if f not in ("torchscript", "onnx")]
     if bad:
