@@ -137,8 +137,6 @@ def build(predictor, trace: bool = False) -> Tagger:
                     cnn = torch.jit.trace(cnn, torch.zeros(2, kw["n_mels"], m.crop), check_trace=False)
             folds.append(Windowed(cnn, m.crop))
         families.append(Family(folds, predictor.fold_agg))
-    if predictor.combiner.method == "stack" and predictor.combiner.single is None and predictor.combiner.stack is None:
-        raise ValueError("the card's stacker has no coefficients")
     return Tagger(front, families, predictor.card["combiner"]).eval()
 
 
