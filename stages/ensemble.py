@@ -5,7 +5,9 @@ import argparse
 
 import pandas as pd
 
-from fat import bundle, data, ensemble, log, params, plots, summary
+from fat import log, params
+from fat.data import tables as data
+from fat.evaluation import bundle, ensemble, plots, summary
 from fat.io import write_csv, write_json
 
 

@@ -1,7 +1,8 @@
 """Stage `folds`: multilabel-stratified K-fold assignment of the curated set -> data/folds.csv."""
 import argparse
 
-from fat import folds, log, params
+from fat import log, params
+from fat.data import folds
 from fat.io import write_csv
 
 

@@ -2,7 +2,8 @@
 FSDKaggle2019 layout) into data/raw, validated; quarantined files go to the quarantine report."""
 import argparse
 
-from fat import log, params, prepare
+from fat import log, params
+from fat.data import prepare
 from fat.io import write_csv, write_json
 
 

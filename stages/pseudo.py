@@ -1,7 +1,8 @@
 """Stage `pseudo@k`: pseudo-label the noisy set with the fold-k fine-tuned model only (leak-free)."""
 import argparse
 
-from fat import log, params, pseudo
+from fat import log, params
+from fat.training import pseudo
 from fat.io import write_csv, write_json
 
 

@@ -2,7 +2,9 @@
 silent/short clips and the noisy-vs-curated label shift of data/raw, as metrics + figures."""
 import argparse
 
-from fat import log, params, plots, report
+from fat import log, params
+from fat.data import report
+from fat.evaluation import plots
 from fat.io import write_csv, write_json
 
 

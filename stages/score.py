@@ -1,7 +1,8 @@
 """Stage `score@family`: per-fold and overall out-of-fold lwlrap of a family (+ test lwlrap)."""
 import argparse
 
-from fat import log, params, scoring
+from fat import log, params
+from fat.evaluation import scoring
 from fat.layout import FOLD_FAMILIES
 from fat.io import write_json
 

@@ -1,4 +1,4 @@
-"""Unit tests for fat/audio.py: `load(path, sr)` -> mono float32 at the requested rate, or AudioError."""
+"""Unit tests for fat/data/audio.py: `load(path, sr)` -> mono float32 at the requested rate, or AudioError."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fat import audio
-from fat.audio import AudioError
+from fat.data import audio
+from fat.data.audio import AudioError
 
 
 def _sine(freq, sr, dur, amp=0.5):

@@ -1,11 +1,11 @@
-"""Tests for fat/augment.py: crops/tiling, random crop starts, mixup and SpecAugment masking."""
+"""Tests for fat/training/augment.py: crops/tiling, random crop starts, mixup and SpecAugment masking."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from fat import augment
+from fat.training import augment
 
 
 def _clip(n_mels=3, n=10):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from fat import bench, cli, params
-from fat.features import FeatureStore
+from fat import params
+from fat.tools import bench, cli
+from fat.features.store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,7 @@ def test_write_store_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
 
 
 def test_bench_predict_times_fat_predict_on_a_directory(tmp_path):
-    from test_infer import MEAN, SR, make_bundle, tone
+    from test_predictor import MEAN, SR, make_bundle, tone
 
     import soundfile as sf
 

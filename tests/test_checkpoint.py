@@ -1,9 +1,9 @@
-"""fat.checkpoint: atomic save/load, fingerprints that refuse another run's checkpoint."""
+"""fat.training.checkpoint: atomic save/load, fingerprints that refuse another run's checkpoint."""
 from __future__ import annotations
 
 import torch
 
-from fat.checkpoint import Checkpointer, file_digest, fingerprint
+from fat.training.checkpoint import Checkpointer, file_digest, fingerprint
 
 
 def test_roundtrip_keeps_tensors_rng_and_history(tmp_path):

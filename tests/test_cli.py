@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from fat import cli, metrics
+from fat import metrics
+from fat.tools import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SYNTH = {

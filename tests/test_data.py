@@ -1,4 +1,4 @@
-"""Unit tests for fat/data.py: vocabulary, label CSVs, multi-hot targets, layout validation and
+"""Unit tests for fat/data/tables.py: vocabulary, label CSVs, multi-hot targets, layout validation and
 `prepare` (bringing a FAT2019-layout directory or the embedded generator into data/raw)."""
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from fat import data, synth
+from fat.data import synth
+from fat.data import tables as data
 
-from fat.prepare import validate_layout
-from fat.prepare import prepare as _prepare
+from fat.data.prepare import validate_layout
+from fat.data.prepare import prepare as _prepare
 
 
 def prepare(*args, **kwargs) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fat.checkpoint import Checkpointer
+from fat.training.checkpoint import Checkpointer
 from test_train import band_problem
 
 # A training run as its own process (what a stage is): fits the band problem, writes per-rank facts.
@@ -23,9 +23,11 @@ SCRIPT = r'''
 import hashlib, json, sys, time
 from pathlib import Path
 import numpy as np, torch
-from fat import dist, log, models, train
-from fat.checkpoint import Checkpointer
-from fat.features import FeatureStore
+from fat import log
+from fat.training import dist, models
+from fat.training import loop as train
+from fat.training.checkpoint import Checkpointer
+from fat.features.store import FeatureStore
 
 store_dir, out, ckpt, pause, epochs = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
 log.setup("run")

@@ -1,4 +1,4 @@
-"""Tests for fat/ensemble.py: fold aggregation, the correlation filter, simplex weights, the
+"""Tests for fat/evaluation/ensemble.py: fold aggregation, the correlation filter, simplex weights, the
 combiners, nested cross-validation, and `run` on a tiny hand-written project."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fat import ensemble, metrics
+from fat import metrics
+from fat.evaluation import ensemble
 from fat.io import save_predictions
 from fat.layout import Layout
 

@@ -12,9 +12,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from fat import audio, cli, export, features, infer
-from fat.tagger import LogMel, build
-from test_infer import CLASSES, MEAN, PARAMS, SR, make_bundle, tone
+from fat.data import audio
+from fat.features import extract as features
+from fat.inference import export
+from fat.inference import predictor as infer
+from fat.inference.tagger import LogMel, build
+from fat.tools import cli
+from test_predictor import CLASSES, MEAN, PARAMS, SR, make_bundle, tone
 
 PARITY = 1e-4
 ONNX_NEEDS = ("onnx", "onnxscript", "onnxruntime")

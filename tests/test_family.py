@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from fat import family
+from fat.training import members as family
+from fat.training import splits
 
 TRAIN = {"epochs": 16, "lr": 0.002, "batch_size": 32, "crop_frames": 96}
 
@@ -46,5 +47,5 @@ def test_out_of_range_settings_name_the_section_they_came_from(sections, message
 
 
 def test_member_seeds_pair_families_and_differ_between_folds():
-    assert family.member_seed(2019, 0) != family.member_seed(2019, 1)
-    assert family.member_seed(2019, 0) != family.member_seed(2020, 0)
+    assert splits.member_seed(2019, 0) != splits.member_seed(2019, 1)
+    assert splits.member_seed(2019, 0) != splits.member_seed(2020, 0)

@@ -1,4 +1,4 @@
-"""Unit tests for fat/features.py: log-mel parity with librosa and the packed feature store."""
+"""Unit tests for fat/features/ (logmel, extract, store): log-mel parity with librosa and the packed feature store."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from fat import audio, features
-from fat.audio import AudioError
-from fat.features import FeatureStore
+from fat.data import audio
+from fat.features import extract, logmel
+from fat.data.audio import AudioError
+from fat.features.store import FeatureStore
 
 
 def _reference(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax):
@@ -50,7 +51,7 @@ def test_log_mel_matches_librosa(p):
     p = dict(p)
     sr = p.pop("sr")
     y = _signal(sr, 1.3)
-    got = features.log_mel(y, sr, **p)
+    got = logmel.log_mel(y, sr, **p)
     ref = _reference(y, sr, **p)
     assert got.dtype == np.float32
     assert got.shape == (p["n_mels"], 1 + len(y) // p["hop_length"])
@@ -97,12 +98,12 @@ def test_log_mel_matches_librosa_on_hard_signals(sr, n_fft, hop, n_mels, fmin, f
     for name, y in _zoo(sr).items():
         y = y.astype(dtype)
         ref = _reference(y, sr, **kw)
-        got = features.log_mel(y, sr, **kw)
-        assert got.dtype == np.float32 and got.shape == ref.shape == (n_mels, features.n_frames(len(y), n_fft, hop)), name
+        got = logmel.log_mel(y, sr, **kw)
+        assert got.dtype == np.float32 and got.shape == ref.shape == (n_mels, logmel.n_frames(len(y), n_fft, hop)), name
         assert np.abs(got - ref).max() <= 1e-3, name
-        frames = features.log_mel_frames(y, sr, **kw)
+        frames = logmel.log_mel_frames(y, sr, **kw)
         assert frames.flags.c_contiguous and np.array_equal(frames, got.T), name
-    silent = features.log_mel(np.zeros(3000, dtype), sr, **kw)
+    silent = logmel.log_mel(np.zeros(3000, dtype), sr, **kw)
     np.testing.assert_allclose(silent, -100.0, atol=1e-4)  # the amin floor
 
 
@@ -110,10 +111,10 @@ def test_log_mel_matches_librosa_on_hard_signals(sr, n_fft, hop, n_mels, fmin, f
 def test_torch_path_matches_librosa(sr, n_fft, hop, n_mels, fmin, fmax):
     """The CUDA path (plain torch ops) is checked here on the CPU."""
     kw = dict(n_fft=n_fft, hop_length=hop, n_mels=n_mels, fmin=fmin, fmax=fmax)
-    bank = features.mel_bank(sr, n_fft, n_mels, fmin, fmax)
+    bank = logmel.mel_bank(sr, n_fft, n_mels, fmin, fmax)
     for name, y in _zoo(sr, seed=1).items():
         y = y.astype(np.float32)
-        got = features._mel_frames_torch(y, bank, n_fft, hop, "cpu").T
+        got = logmel._mel_frames_torch(y, bank, n_fft, hop, "cpu").T
         assert np.abs(got - _reference(y, sr, **kw)).max() <= 1e-3, name
 
 
@@ -126,7 +127,7 @@ def test_log_mel_tiny_n_fft_matches_librosa(n_fft, hop, n_mels):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # librosa warns about empty filters
         ref = _reference(y, 8000, **kw)
-        got = features.log_mel(y, 8000, **kw)
+        got = logmel.log_mel(y, 8000, **kw)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= 1e-3
     if n_fft > 2:  # (at n_fft 2 the one band has zero weight on both bins, in librosa too)
@@ -140,7 +141,7 @@ def test_log_mel_with_empty_mel_bands_matches_librosa():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # librosa may warn about the empty filters
         ref = _reference(y, 16000, **kw)
-        got = features.log_mel(y, 16000, **kw)
+        got = logmel.log_mel(y, 16000, **kw)
     assert np.isclose(ref, -100.0, atol=1e-4).all(axis=1).any()
     assert np.abs(got - ref).max() <= 1e-3
 
@@ -153,7 +154,7 @@ def test_log_mel_with_empty_mel_bands_matches_librosa():
 ])
 def test_log_mel_rejects_bad_signals(y, match):
     with pytest.raises(ValueError, match=match):
-        features.log_mel(y, 22050, n_fft=1024, hop_length=512, n_mels=64, fmin=0.0, fmax=11025.0)
+        logmel.log_mel(y, 22050, n_fft=1024, hop_length=512, n_mels=64, fmin=0.0, fmax=11025.0)
 
 
 def test_log_mel_is_db_of_power():
@@ -162,8 +163,8 @@ def test_log_mel_is_db_of_power():
     y = _signal(sr, 0.5, seed=1)
     y[len(y) // 3 : len(y) // 2] = 0.01  # no silent bins
     kw = dict(n_fft=1024, hop_length=256, n_mels=64, fmin=20.0, fmax=sr / 2)
-    a = features.log_mel(y, sr, **kw)
-    b = features.log_mel(2 * y, sr, **kw)
+    a = logmel.log_mel(y, sr, **kw)
+    b = logmel.log_mel(2 * y, sr, **kw)
     loud = a > -60
     np.testing.assert_allclose((b - a)[loud], 20 * np.log10(2), atol=1e-3)
 
@@ -173,25 +174,25 @@ def test_log_mel_matches_librosa_for_float64_input():
     t = np.arange(sr) / sr
     y = 0.5 * np.sin(2 * np.pi * 440 * t)  # float64
     kw = dict(n_fft=2048, hop_length=512, n_mels=128, fmin=0.0, fmax=sr / 2)
-    assert np.abs(features.log_mel(y, sr, **kw) - _reference(y, sr, **kw)).max() <= 1e-3
+    assert np.abs(logmel.log_mel(y, sr, **kw) - _reference(y, sr, **kw)).max() <= 1e-3
 
 
 def test_feature_kwargs():
-    kw = features.feature_kwargs(
+    kw = extract.feature_kwargs(
         {"sample_rate": 22050}, {"n_fft": 1024, "hop_length": 512, "n_mels": 64, "fmin": 20, "fmax": None}
     )
     assert kw == dict(sr=22050, n_fft=1024, hop_length=512, n_mels=64, fmin=20.0, fmax=11025.0)
     assert isinstance(kw["sr"], int) and isinstance(kw["fmin"], float) and isinstance(kw["fmax"], float)
-    kw2 = features.feature_kwargs(
+    kw2 = extract.feature_kwargs(
         {"sample_rate": "44100"}, {"n_fft": 2048, "hop_length": 512, "n_mels": 128, "fmin": 0, "fmax": 16000}
     )
     assert kw2["sr"] == 44100 and kw2["fmax"] == 16000.0
-    kw3 = features.feature_kwargs({"sample_rate": 16000}, {"n_fft": 512, "hop_length": 160, "n_mels": 40, "fmin": 0})
+    kw3 = extract.feature_kwargs({"sample_rate": 16000}, {"n_fft": 512, "hop_length": 160, "n_mels": 40, "fmin": 0})
     assert kw3["fmax"] == 8000.0  # absent fmax behaves like null
 
 
 # ----------------------------------------------------------------------------- store fixtures
-KW = features.feature_kwargs(
+KW = extract.feature_kwargs(
     {"sample_rate": 22050}, {"n_fft": 1024, "hop_length": 512, "n_mels": 64, "fmin": 20.0, "fmax": None}
 )
 
@@ -224,7 +225,7 @@ def stores(wavs, tmp_path_factory):
     fnames = [p.name for p in wavs]
     out = {}
     for key, dtype, n_jobs in [("f16", "float16", 1), ("f16_par", "float16", 2), ("f32", "float32", 1)]:
-        meta = features.build_store(wavs, fnames, root / key, KW, dtype=dtype, n_jobs=n_jobs)
+        meta = extract.build_store(wavs, fnames, root / key, KW, dtype=dtype, n_jobs=n_jobs)
         out[key] = (root / key, meta)
     return out
 
@@ -275,7 +276,7 @@ def test_clip_equals_log_mel_of_file(stores, wavs, key, atol, rtol):
     st = FeatureStore.open(stores[key][0])
     kw = {k: v for k, v in KW.items() if k != "sr"}
     for i, p in enumerate(wavs):
-        ref = features.log_mel(audio.load(p, KW["sr"]), KW["sr"], **kw)
+        ref = logmel.log_mel(audio.load(p, KW["sr"]), KW["sr"], **kw)
         got = st.clip(i)
         assert got.dtype == np.float32 and got.shape == ref.shape, p.name
         np.testing.assert_allclose(got, ref, atol=atol, rtol=rtol, err_msg=p.name)
@@ -312,7 +313,7 @@ def test_failing_clip_leaves_no_output(wavs, tmp_path, n_jobs):
     paths = wavs[:2] + [bad] + wavs[2:]
     out = tmp_path / "feat" / "curated"
     with pytest.raises(AudioError) as e:
-        features.build_store(paths, [p.name for p in paths], out, KW, n_jobs=n_jobs)
+        extract.build_store(paths, [p.name for p in paths], out, KW, n_jobs=n_jobs)
     assert str(bad) in str(e.value)
     assert not out.exists()
     assert _leftovers(out.parent, out.name) == []
@@ -320,15 +321,15 @@ def test_failing_clip_leaves_no_output(wavs, tmp_path, n_jobs):
 
 def test_failure_keeps_previous_store(wavs, tmp_path):
     out = tmp_path / "store"
-    features.build_store(wavs[:2], [p.name for p in wavs[:2]], out, KW, n_jobs=1)
+    extract.build_store(wavs[:2], [p.name for p in wavs[:2]], out, KW, n_jobs=1)
     before = {n: (out / n).read_bytes() for n in ("mels.npy", "index.csv", "meta.json")}
     with pytest.raises(AudioError):
-        features.build_store([tmp_path / "missing.wav"], ["missing.wav"], out, KW, n_jobs=1)
+        extract.build_store([tmp_path / "missing.wav"], ["missing.wav"], out, KW, n_jobs=1)
     assert {n: (out / n).read_bytes() for n in before} == before
 
 
 def test_empty_store(tmp_path):
-    meta = features.build_store([], [], tmp_path / "empty", KW, n_jobs=1)
+    meta = extract.build_store([], [], tmp_path / "empty", KW, n_jobs=1)
     assert meta["clips"] == 0 and meta["frames"] == 0
     st = FeatureStore.open(tmp_path / "empty")
     assert len(st) == 0 and st.mels.shape == (0, KW["n_mels"]) and st.fnames == []
@@ -336,7 +337,7 @@ def test_empty_store(tmp_path):
 
 def test_build_store_length_mismatch(wavs, tmp_path):
     with pytest.raises(ValueError):
-        features.build_store(wavs[:2], ["a.wav"], tmp_path / "s", KW, n_jobs=1)
+        extract.build_store(wavs[:2], ["a.wav"], tmp_path / "s", KW, n_jobs=1)
     assert not (tmp_path / "s").exists()
 
 

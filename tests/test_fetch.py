@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fat import cli, fetch
+from fat.tools import cli, fetch
 
 CUR, NOISY, TEST, META, DOC = (f"FSDKaggle2019.{s}" for s in ("audio_train_curated", "audio_train_noisy",
                                                                "audio_test", "meta", "doc"))

@@ -1,10 +1,10 @@
-"""Unit tests for fat/fft.py: batched float64 rfft of overlapping frames (MKL descriptor or torch)."""
+"""Unit tests for fat/features/fft.py: batched float64 rfft of overlapping frames (MKL descriptor or torch)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fat import fft
+from fat.features import fft
 
 
 @pytest.fixture(params=["default", "torch"])

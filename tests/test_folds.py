@@ -1,11 +1,11 @@
-"""Tests for fat/folds.py: multilabel-stratified K-fold assignment."""
+"""Tests for fat/data/folds.py: multilabel-stratified K-fold assignment."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from fat.folds import make_folds
+from fat.data.folds import make_folds
 
 N_CLIPS = 800
 N_CLASSES = 20

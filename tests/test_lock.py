@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fat import cli, lock
+from fat.tools import cli, lock
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = """\

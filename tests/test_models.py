@@ -1,4 +1,4 @@
-"""Tests for fat/models.py: the CNN, its channel front end, checkpoints and backbone transfer."""
+"""Tests for fat/training/models.py: the CNN, its channel front end, checkpoints and backbone transfer."""
 from __future__ import annotations
 
 import librosa
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fat import models
+from fat.training import models
 
 N_MELS = 16
 TINY = {"base_channels": 4, "n_blocks": 2, "dropout": 0.3}

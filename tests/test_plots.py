@@ -1,11 +1,11 @@
-"""Result figures (fat/plots.py): the ensemble's correlation heatmap with dropped members marked,
+"""Result figures (fat/evaluation/plots.py): the ensemble's correlation heatmap with dropped members marked,
 and OOF lwlrap per member and fold, as PNG files a person opens."""
 from __future__ import annotations
 
 import numpy as np
 from matplotlib.image import imread
 
-from fat import plots
+from fat.evaluation import plots
 
 CORR = {"baseline": {"baseline": 1.0, "finetune": 0.76, "retrain": 0.72},
         "finetune": {"baseline": 0.76, "finetune": 1.0, "retrain": 0.985},

@@ -1,4 +1,4 @@
-"""Tests for fat/predict.py: window layout, clip-level prediction and test-time augmentation."""
+"""Tests for fat/evaluation/predict.py: window layout, clip-level prediction and test-time augmentation."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from fat import models, predict
-from fat.augment import fit_length
-from fat.features import FeatureStore, build_store
+from fat.evaluation import predict
+from fat.training import models
+from fat.training.augment import fit_length
+from fat.features.extract import build_store
+from fat.features.store import FeatureStore
 
 N_MELS = 16
 LENGTH = 16
@@ -23,7 +25,7 @@ MASK = {"freq_masks": 1, "freq_frac": 0.1, "time_masks": 1, "time_frac": 0.1}
 
 
 def write_store(root, clips, dtype="float32"):
-    """A feature store in the on-disk format of fat/features.py from (n_mels, frames) arrays."""
+    """A feature store in the on-disk format of fat/features/store.py from (n_mels, frames) arrays."""
     root.mkdir(parents=True)
     frames = np.concatenate([c.T for c in clips]).astype(dtype)
     np.save(root / "mels.npy", frames)

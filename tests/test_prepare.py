@@ -1,4 +1,4 @@
-"""Real-data intake (fat.sources, fat.validate, fat.corrections, fat.prepare): both layouts, every
+"""Real-data intake (fat.data.sources, fat.data.validate, fat.data.corrections, fat.data.prepare): both layouts, every
 bad-input case of the "Real data" issue caught and named in one pass, the on_bad_audio policy with
 its quarantine report, label corrections, and no second copy of the audio."""
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from fat import corrections, data, sources, validate
-from fat.prepare import import_directory, prepare, validate_layout
+from fat.data import corrections, sources, validate
+from fat.data import tables as data
+from fat.data.prepare import import_directory, prepare, validate_layout
 
 CLASSES = ["Meow", "Bark", "Rain"]
 SR = 44100
@@ -139,7 +140,7 @@ def test_unusual_formats_are_accepted_and_counted(tmp_path, subtype, sr, channel
     ch = {1: "mono", 2: "stereo"}.get(channels, f"{channels}ch")
     assert stats["formats"][f"{subtype} {ch} {sr} Hz"] == 1
     assert stats["formats"][f"PCM_16 mono {SR} Hz"] == 6
-    from fat import audio
+    from fat.data import audio
     y = audio.load(tmp_path / "raw" / "train_noisy" / "n1.wav", 22050)  # usable: mono, resampled
     assert y.ndim == 1 and abs(len(y) - 0.3 * 22050) <= 2 and 0.1 < np.abs(y).max() < 0.5
 

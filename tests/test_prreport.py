@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fat import cli, prreport
+from fat.tools import cli, prreport
 
 STAGE = """\
 import json, pathlib, yaml
@@ -92,7 +92,7 @@ def test_unknown_base_is_a_clear_error(repo, tmp_path, capsys):
 
 
 def test_runs_as_a_module_without_the_fat_command(repo, tmp_path):
-    out = sh([sys.executable, "-m", "fat.prreport", "HEAD~1", "--repo", str(repo), "--out", str(tmp_path / "m")],
+    out = sh([sys.executable, "-m", "fat.tools.prreport", "HEAD~1", "--repo", str(repo), "--out", str(tmp_path / "m")],
              Path.cwd())
     assert (tmp_path / "m/report.md").read_text().startswith("## fat: results of this change against `HEAD~1`")
     assert out.strip().endswith("report.md")
@@ -105,17 +105,17 @@ def test_example_workflow_runs_the_module_with_arguments_it_accepts():
     wf = yaml.safe_load((Path(__file__).resolve().parents[1] / ".github/workflows/pr-report.yml").read_text())
     assert "pull_request" in wf.get("on", wf.get(True))  # YAML 1.1 reads the key `on` as true
     steps = wf["jobs"]["report"]["steps"]
-    args = shlex.split(next(s["run"] for s in steps if "fat.prreport" in s.get("run", "")))
+    args = shlex.split(next(s["run"] for s in steps if "fat.tools.prreport" in s.get("run", "")))
     ap = argparse.ArgumentParser()
     prreport._arguments(ap)
     pr_number = "${{ github.event.pull_request.number }}"
     assert pr_number in args
-    ns = ap.parse_args([a.replace(pr_number, "7") for a in args[args.index("fat.prreport") + 1:]])
+    ns = ap.parse_args([a.replace(pr_number, "7") for a in args[args.index("fat.tools.prreport") + 1:]])
     assert ns.base.startswith("origin/") and ns.plots_url.startswith("${{ github.server_url }}")
     uploads = [s["with"]["path"] for s in steps if s.get("uses", "").startswith("actions/upload-artifact")]
     assert [u.rstrip("/") for u in uploads] == [str(ns.out)]
     assert ns.post == 7  # the pull request's number: the module posts the report itself
-    step = next(s for s in steps if "fat.prreport" in s.get("run", ""))
+    step = next(s for s in steps if "fat.tools.prreport" in s.get("run", ""))
     assert step["env"]["GITHUB_TOKEN"] == "${{ secrets.GITHUB_TOKEN }}"
     assert "--post" in args and args[args.index("--post") + 1] == "${{ github.event.pull_request.number }}"
     assert not any("gh pr comment" in s.get("run", "") for s in steps)  # --edit-last could edit another comment
@@ -217,7 +217,7 @@ def post(gh, argv_extra, repo, tmp_path, monkeypatch, token="t0ken"):
 
 
 def test_post_edits_only_the_comment_with_the_marker_on_a_later_page(repo, tmp_path, monkeypatch, github):
-    from fat import ghcomment
+    from fat.tools import ghcomment
 
     others = [{"id": 1, "body": "looks good", "user": {"login": "alice"}},
               {"id": 2, "body": "another workflow's report", "user": BOT},
@@ -235,7 +235,7 @@ def test_post_edits_only_the_comment_with_the_marker_on_a_later_page(repo, tmp_p
 
 
 def test_post_creates_the_comment_when_none_carries_the_marker_then_edits_it(repo, tmp_path, monkeypatch, github):
-    from fat import ghcomment
+    from fat.tools import ghcomment
 
     gh = github([{"id": 1, "body": "a report without the marker", "user": BOT}])
     assert post(gh, ["--post", "5"], repo, tmp_path, monkeypatch) == 0

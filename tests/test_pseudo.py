@@ -1,4 +1,4 @@
-"""Tests for fat/pseudo.py: predicted labels, sharpening, clip selection, the report, and
+"""Tests for fat/training/pseudo.py: predicted labels, sharpening, clip selection, the report, and
 `label_fold` end to end on a tiny synthetic layout with a model whose outputs are fixed."""
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from fat import data, features, models, pseudo, synth
+from fat.data import synth
+from fat.data import tables as data
+from fat.features import extract
+from fat.training import models, pseudo
 from fat.layout import Layout
 
 CLASSES = ["a", "b", "c", "d"]
@@ -304,10 +307,10 @@ def project(tmp_path_factory):
     layout = Layout(root=root)
     synth.generate(layout.raw, SYNTH_CFG, seed=5, n_jobs=1)
     classes = data.vocabulary(layout.raw)
-    kw = features.feature_kwargs({"sample_rate": 16000}, FEAT_CFG)
+    kw = extract.feature_kwargs({"sample_rate": 16000}, FEAT_CFG)
     noisy = data.split_table(layout.raw, "noisy")
     d = data.audio_dir(layout.raw, "noisy")
-    features.build_store([d / f for f in noisy["fname"]], noisy["fname"].tolist(), layout.features("noisy"), kw,
+    extract.build_store([d / f for f in noisy["fname"]], noisy["fname"].tolist(), layout.features("noisy"), kw,
                          dtype="float32", n_jobs=1)
     cur = data.split_table(layout.raw, "curated")
     pd.DataFrame({"fname": cur["fname"], "fold": np.arange(len(cur)) % 2}).to_csv(layout.folds, index=False)

@@ -33,7 +33,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "fat.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "fat.tools.cli", "--help"], capture_output=True, text=True, check=True).stdout
     for cmd in ("preset", "validate", "score", "synth"):
         assert cmd in out
     exe = Path(sys.executable).parent / "fat"

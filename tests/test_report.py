@@ -1,4 +1,4 @@
-"""Know your data (fat/report.py): header facts, levels, class counts, label shift, flagged clips,
+"""Know your data (fat/data/report.py): header facts, levels, class counts, label shift, flagged clips,
 and the figures of the `report` stage, on a hand-made FAT2019 layout with known answers."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import soundfile as sf
 from matplotlib.image import imread
 from scipy.spatial.distance import jensenshannon
 
-from fat import audio, plots, report
+from fat.data import audio, report
+from fat.evaluation import plots
 
 CLASSES = ["a", "b", "c"]
 CFG = {"silence_dbfs": -60.0, "short_s": 0.5}

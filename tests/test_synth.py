@@ -1,4 +1,4 @@
-"""Unit tests for fat/synth.py: the embedded FAT2019-like generator."""
+"""Unit tests for fat/data/synth.py: the embedded FAT2019-like generator."""
 from __future__ import annotations
 
 import collections
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from fat import synth
+from fat.data import synth
 
 SR = 44100
 

@@ -1,4 +1,4 @@
-"""Training curves: fit's on_epoch hook and the DVCLive files fat.track writes from it."""
+"""Training curves: fit's on_epoch hook and the DVCLive files fat.training.track writes from it."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fat import models, track, train
-from fat.features import FeatureStore
+from fat.training import models, track
+from fat.training import loop as train
+from fat.features.store import FeatureStore
 
 
 def tiny_store(root, n_clips=12, n_mels=8, seed=0):

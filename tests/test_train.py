@@ -1,4 +1,4 @@
-"""Tests for fat/train.py: the crop dataset, training loop, evaluation and device choice."""
+"""Tests for fat/training/loop.py: the crop dataset, training loop, evaluation and device choice."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from fat import metrics, models, train
-from fat.augment import fit_length
-from fat.features import FeatureStore
-from fat.predict import predict_windows
+from fat import metrics
+from fat.training import models
+from fat.training import loop as train
+from fat.training.augment import fit_length
+from fat.features.store import FeatureStore
+from fat.evaluation.predict import predict_windows
 
 N_MELS = 12
 N_CLASSES = 3
@@ -23,7 +25,7 @@ AUGMENT = {"p": 0.5, "freq_masks": 1, "freq_frac": 0.1, "time_masks": 1, "time_f
 
 
 def write_store(root, clips):
-    """A feature store in the on-disk format of fat/features.py from (n_mels, frames) arrays."""
+    """A feature store in the on-disk format of fat/features/store.py from (n_mels, frames) arrays."""
     root.mkdir(parents=True)
     np.save(root / "mels.npy", np.concatenate([c.T for c in clips]).astype(np.float16))
     lengths = [c.shape[1] for c in clips]
@@ -307,18 +309,3 @@ def test_fit_eval_every_and_without_validation(problem):
                      augment_cfg=AUGMENT, seed=1, device=CPU)
     assert len(hist) == 2 and all("val_lwlrap" not in h for h in hist)
     assert all(np.isfinite(h["train_loss"]) for h in hist)
-
-
-# --------------------------------------------------------------------------- device
-
-
-def test_pick_device_follows_cuda_availability(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert train.pick_device() == torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert train.pick_device().type == "cuda"
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_pick_device_is_cpu_here():
-    assert train.pick_device() == torch.device("cpu")

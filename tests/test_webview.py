@@ -1,4 +1,4 @@
-"""Offline plots pages (fat/webview.py): the pinned vega bundles, the self-contained template DVC
+"""Offline plots pages (fat/tools/offline_plots.py; the Chromium driver is tests/browser.py): the pinned vega bundles, the self-contained template DVC
 renders with, the DOM reader, and a real headless-Chromium render of a small DVC plots page."""
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import pytest
 from dvc_render import ImageRenderer, VegaRenderer, render_html
 from matplotlib.figure import Figure
 
-from fat import plots, webview
+from fat.evaluation import plots
+from fat.tools import offline_plots
+
+import browser
 
 FAKE_JS = {"vega": "window.vega = {version: '5'};", "vega-lite": "window.vegaLite = {};",
            "vega-embed": "window.vegaEmbed = function () { return Promise.resolve({}); }; // </script> inside"}
@@ -29,8 +32,8 @@ def need(what: str, ok: bool):
 
 
 def fake_cache(root: Path) -> Path:
-    for name, version, _, _ in webview.VEGA:
-        p = webview.script_path(root, name, version)
+    for name, version, _, _ in offline_plots.VEGA:
+        p = offline_plots.script_path(root, name, version)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(FAKE_JS[name])
     return root
@@ -38,22 +41,22 @@ def fake_cache(root: Path) -> Path:
 
 def test_pinned_versions_are_the_ones_dvc_render_loads():
     cdn = dict(re.findall(r"npm/(vega(?:-lite|-embed)?)@([\d.]+)", VegaRenderer.SCRIPTS))
-    assert cdn == {name: version for name, version, _, _ in webview.VEGA}
+    assert cdn == {name: version for name, version, _, _ in offline_plots.VEGA}
 
 
 def test_integrity_is_npms_sha512_format():
     data = b"fat"
-    assert webview.integrity(data) == "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+    assert offline_plots.integrity(data) == "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
 
 
 def test_template_inlines_the_bundles_and_drops_the_cdn(tmp_path):
-    assert webview.cached_scripts(tmp_path) is None
+    assert offline_plots.cached_scripts(tmp_path) is None
     with pytest.raises(FileNotFoundError, match="fat offline-plots"):
-        webview.template_html(tmp_path)
+        offline_plots.template_html(tmp_path)
     cache = fake_cache(tmp_path / "cache")
-    path = webview.write_template(cache)
+    path = offline_plots.write_template(cache)
     text = path.read_text()
-    assert path == cache / webview.TEMPLATE_NAME
+    assert path == cache / offline_plots.TEMPLATE_NAME
     for js in FAKE_JS.values():
         assert js.replace("</script", "<\\/script") in text
     assert "{plot_divs}" in text and "{scripts}" not in text
@@ -72,7 +75,7 @@ def test_page_report_reads_render_status_marks_and_images():
     <div id="b_csv" data-fat-render="error"><pre class="fat-error">boom</pre></div>
     <div id="c_png"><p>c.png</p><div><img src="static/c.png" data-fat-loaded="ok"></div></div>
     </body></html>"""
-    rep = webview.page_report(dom)
+    rep = browser.page_report(dom)
     assert rep["done"] == 2
     assert rep["plots"]["a_tsv"] == {"render": "ok", "svg": True, "marks": {"line": 1, "rect": 2},
                                      "line_points": [3], "images": []}  # axis labels are no data marks
@@ -81,9 +84,9 @@ def test_page_report_reads_render_status_marks_and_images():
 
 
 def test_chromium_draws_a_dvc_plots_page_offline(tmp_path):
-    need("chromium", webview.find_chromium() is not None)
-    need("the vega cache", webview.cached_scripts() is not None)
-    template = webview.write_template(webview.cache_dir())
+    need("chromium", browser.find_chromium() is not None)
+    need("the vega cache", offline_plots.cached_scripts() is not None)
+    template = offline_plots.write_template(offline_plots.cache_dir())
     fig = Figure(figsize=(3, 2))
     fig.add_subplot().plot([0, 1, 2], [1, 0, 1])
     plots.save_png(fig, tmp_path / "out/static/fig.png")
@@ -94,14 +97,14 @@ def test_chromium_draws_a_dvc_plots_page_offline(tmp_path):
                               template_dir=str(Path(__file__).resolve().parents[1] / ".dvc/plots")),
                  ImageRenderer([{"rev": "workspace", "src": str(tmp_path / "out/static/fig.png")}], "fig.png")]
     page = render_html(renderers, tmp_path / "out/index.html", html_template=str(template))
-    rep = webview.page_report(webview.dump_dom(page))
+    rep = browser.page_report(browser.dump_dom(page))
     assert rep["done"] == 2, rep
     curve, per_class, image = (rep["plots"][k] for k in ("curves_val_lwlrap_tsv", "per_class_csv", "fig_png"))
     assert curve["render"] == "ok" and curve["svg"] and max(curve["line_points"]) == 5  # one point per epoch
     assert per_class["render"] == "ok" and per_class["marks"] == {"rect": 3}  # one bar per class
     assert image["images"] == [{"src": "static/fig.png", "loaded": "ok"}]
 
-    png = webview.screenshot(page, tmp_path / "shot.png", width=900, height=900)
+    png = browser.screenshot(page, tmp_path / "shot.png", width=900, height=900)
     from matplotlib.image import imread
 
     img = imread(png)
@@ -112,7 +115,7 @@ def test_offline_plots_command_configures_the_repo_from_the_cache(tmp_path, caps
     import subprocess
     import sys
 
-    from fat import cli
+    from fat.tools import cli
 
     cache = fake_cache(tmp_path / "cache")  # already cached: nothing is fetched
     repo = tmp_path / "repo"
@@ -120,7 +123,7 @@ def test_offline_plots_command_configures_the_repo_from_the_cache(tmp_path, caps
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
     assert cli.main(["offline-plots", "--cache", str(cache), "--repo", str(repo)]) == 0
-    template = cache / webview.TEMPLATE_NAME
+    template = cache / offline_plots.TEMPLATE_NAME
     assert str(template) in capsys.readouterr().out
     assert f"html_template = {template}" in (repo / ".dvc/config.local").read_text()
     assert "config.local" in (repo / ".dvc/.gitignore").read_text()  # machine-local, never committed

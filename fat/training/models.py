@@ -113,13 +113,21 @@ def save(path, model: AudioCNN, model_cfg: dict, classes, n_mels: int, extra: di
                     "n_mels": n_mels, **(extra or {})}, tmp)
 
 
+def unpickling_problem(e: Exception) -> str:
+    """The line of torch's weights-only refusal that says what it met (e.g. "Unsupported global:
+    GLOBAL os.system …"), without its advice on how to load the file unsafely."""
+    import re
+
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    return (m.group(1).split(". Please")[0].strip() if m else text.strip().splitlines()[0] if text.strip() else type(e).__name__)
+
+
 def read_checkpoint(path, map_location="cpu") -> dict:
     """A saved model's contents, read with `torch.load(weights_only=True)`: tensors and plain
     Python values only. A file that would run code when unpickled (a crafted or foreign pickle, e.g.
     one pulled from a shared remote) is refused with an error naming it; nothing in it runs."""
     import pickle
-
-    from fat.checkpoint import unpickling_problem
 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)

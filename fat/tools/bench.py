@@ -44,7 +44,7 @@ N_CLASSES = 80  # FAT2019's vocabulary size, for the targets of the training fig
 def bench_clips(audio_seconds: float, seed: int = 2019) -> list[np.ndarray]:
     """Synthetic FAT2019-like clips at 44.1 kHz until `audio_seconds` are reached: two noisy-like
     clips (1-15 s, mostly 15 s, background noise) for every curated-like one (0.3-30 s)."""
-    from fat import synth
+    from fat.data import synth
 
     noisy = synth.SplitSpec("noisy", 0, (1.0, 15.0), 0.6, (0.75, 0.2, 0.05), 0.0, (0.0, 15.0), 0.0)
     curated = synth.SplitSpec("curated", 0, (0.3, 30.0), 0.0, (0.75, 0.2, 0.05), 0.0, None, 0.0)
@@ -63,7 +63,7 @@ def bench_log_mel(audio_seconds: float = 300.0, rounds: int = 3) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from fat import features, fft
+    from fat.features import fft, logmel
 
     clips = bench_clips(audio_seconds)
     seconds = sum(len(y) for y in clips) / LOG_MEL["sr"]
@@ -75,15 +75,15 @@ def bench_log_mel(audio_seconds: float = 300.0, rounds: int = 3) -> dict:
     try:
         torch.set_num_threads(1)
         with threadpool_limits(1):
-            features.log_mel(clips[0], sr, **kw)  # compile / warm up both
-            features.librosa_log_mel(clips[0], sr, **kw)
+            logmel.log_mel(clips[0], sr, **kw)  # compile / warm up both
+            logmel.librosa_log_mel(clips[0], sr, **kw)
             for r in progress(range(rounds), desc="bench log-mel"):
                 spent = {"ours": 0.0, "librosa": 0.0}
                 for i, y in enumerate(clips):
                     order = ("ours", "librosa") if (r + i) % 2 == 0 else ("librosa", "ours")
                     out = {}
                     for name in order:
-                        fn = features.log_mel if name == "ours" else features.librosa_log_mel
+                        fn = logmel.log_mel if name == "ours" else logmel.librosa_log_mel
                         t = time.perf_counter()
                         out[name] = fn(y, sr, **kw)
                         spent[name] += time.perf_counter() - t
@@ -96,7 +96,7 @@ def bench_log_mel(audio_seconds: float = 300.0, rounds: int = 3) -> dict:
         with ThreadPoolExecutor(workers) as pool:
             for _ in range(rounds):
                 t = time.perf_counter()
-                list(pool.map(lambda y: features.log_mel_frames(y, sr, **kw), clips))
+                list(pool.map(lambda y: logmel.log_mel_frames(y, sr, **kw), clips))
                 parallel = min(parallel, time.perf_counter() - t)
     finally:
         torch.set_num_threads(threads)
@@ -113,12 +113,12 @@ def bench_log_mel(audio_seconds: float = 300.0, rounds: int = 3) -> dict:
 
 def write_store(root: Path, n_frames: int, n_mels: int = 128, dtype: str = "float16", seed: int = 0,
                 mean_clip_frames: int = 900) -> dict:
-    """A deterministic store of `n_frames` frames in the on-disk format of fat/features.py, written
+    """A deterministic store of `n_frames` frames in the on-disk format of fat/features/store.py, written
     sequentially (the writer never holds it in memory). Clip lengths 86-1714 frames (1-20 s at
     44.1 kHz, hop 512), about `mean_clip_frames` on average like FAT2019's noisy set."""
     import pandas as pd
 
-    from fat import features
+    from fat.features import store
 
     need = n_frames * n_mels * np.dtype(dtype).itemsize
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def write_store(root: Path, n_frames: int, n_mels: int = 128, dtype: str = "floa
         total += lengths[-1]
     block = (rng.normal(-40.0, 15.0, size=(1 << 16, n_mels))).astype(dtype)
     with open(root / "mels.npy", "wb") as f:
-        f.write(features.npy_header((n_frames, n_mels), dtype))
+        f.write(store.npy_header((n_frames, n_mels), dtype))
         done = 0
         for _ in progress(range(-(-n_frames // len(block))), desc="bench store"):
             k = min(len(block), n_frames - done)
@@ -148,14 +148,17 @@ def write_store(root: Path, n_frames: int, n_mels: int = 128, dtype: str = "floa
 
 
 def _training_setup(store_dir, p: dict, steps: int, epochs: int, seed: int = 0):
-    from fat import features, models, train
+    from fat.device import pick_device
+    from fat.features.store import FeatureStore
+    from fat.training import loop as train
+    from fat.training import models
 
-    store = features.FeatureStore.open(store_dir)
+    store = FeatureStore.open(store_dir)
     bs = int(p["train"]["batch_size"])
     rows = np.linspace(0, len(store) - 1, steps * bs).round().astype(np.int64)  # spread over the whole store
     targets = (np.random.default_rng(seed).random((len(rows), N_CLASSES)) < 1.5 / N_CLASSES).astype(np.float32)
     data = train.CropDataset(store, rows, targets, int(p["train"]["crop_frames"]), seed)
-    device = train.pick_device()
+    device = pick_device()
     train.seed_everything(seed)
     model = models.build(p["model"], N_CLASSES, store.n_mels).to(device)
     loop = train.TrainLoop(model, data, train_cfg={**p["train"], "epochs": epochs}, mixup_alpha=float(p["mixup"]["alpha"]),
@@ -213,7 +216,7 @@ def _memory_child(args: dict) -> None:
 
 
 def bench_memory(store_dir, params_path, store_meta: dict, steps: int = 20) -> dict:
-    code = "import json, sys; from fat import bench; bench._memory_child(json.loads(sys.argv[1]))"
+    code = "import json, sys; from fat.tools import bench; bench._memory_child(json.loads(sys.argv[1]))"
     args = json.dumps({"store": str(store_dir), "params": str(params_path), "steps": steps})
     run = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
     if run.returncode != 0:
@@ -229,7 +232,8 @@ def write_dataset(root: Path, n_files: int, seed: int = 0) -> dict:
     FAT2019 (17 % curated, 68 % noisy, 15 % test), 80 classes, for the validation figures."""
     import soundfile as sf
 
-    from fat import data, sources
+    from fat.data import sources
+    from fat.data import tables as data
 
     rng = np.random.default_rng(seed)
     classes = [f"class_{i:02d}" for i in range(80)]
@@ -251,7 +255,7 @@ def write_dataset(root: Path, n_files: int, seed: int = 0) -> dict:
 
 def _validate_child(args: dict) -> None:
     """Runs in a fresh interpreter: validate the directory, print time, problems and peak RSS."""
-    from fat import validate
+    from fat.data import validate
 
     t0 = time.perf_counter()
     report = validate.validate(args["root"], n_jobs=int(args["jobs"]))
@@ -265,7 +269,7 @@ def _validate_child(args: dict) -> None:
 def bench_validate(root: Path, n_files: int, jobs: int = 0) -> dict:
     """Wall time and peak memory of `fat validate` (tables + every wav) on a generated directory."""
     meta = write_dataset(root, n_files)
-    code = "import json, sys; from fat import bench; bench._validate_child(json.loads(sys.argv[1]))"
+    code = "import json, sys; from fat.tools import bench; bench._validate_child(json.loads(sys.argv[1]))"
     run = subprocess.run([sys.executable, "-c", code, json.dumps({"root": str(root), "jobs": jobs})],
                          capture_output=True, text=True)
     if run.returncode != 0:
@@ -281,7 +285,7 @@ def bench_predict(model_dir: Path, audio: Path, jobs: int = 0) -> dict:
     """`fat predict`'s throughput: the files of `audio`, tagged by the model of `model_dir`."""
     import torch
 
-    from fat import infer
+    from fat.inference import predictor as infer
 
     files = infer.find_audio([audio])
     if not files:

@@ -4,10 +4,10 @@ class probabilities out, in TorchScript and ONNX, with the class list beside it.
 The module takes a mono float32 waveform of any length at the card's `audio.sample_rate` and
 returns one probability per class. Inside it:
 
-- the log-mel front end of `fat.features` (centred STFT with zero padding, periodic Hann window,
+- the log-mel front end of `fat.features.logmel` (centred STFT with zero padding, periodic Hann window,
   librosa's mel filterbank, dB with amin 1e-10), with the DFT as a float64 matrix product, and the
   values rounded to the feature store's dtype (float16 by default) as the models saw them in training;
-- each fold model scores the clip's windows of its crop length as `fat.predict` does (non-overlapping,
+- each fold model scores the clip's windows of its crop length as `fat.evaluation.predict` does (non-overlapping,
   the last one aligned to the end, short clips tiled) and averages the window probabilities;
 - the folds are averaged (`ensemble.fold_agg`) and the families combined as the card says (mean,
   fitted weights, the stacker, or the guard's single member).
@@ -55,8 +55,8 @@ def export(model_dir: Path, out: Path, formats=("torchscript", "onnx"), params_p
     """Write the module(s) and classes into `out`; returns the export.json contents."""
     import torch
 
-    from fat.infer import Predictor
-    from fat.tagger import build
+    from fat.inference.predictor import Predictor
+    from fat.inference.tagger import build
 
     import warnings
 

@@ -16,7 +16,8 @@ The pipeline itself runs with `dvc repro` (all stages) or `dvc exp run -S key=va
 
 
 def _preset(args) -> int:
-    from fat import lock, params
+    from fat import params
+    from fat.tools import lock
 
     if args.list or not args.name:
         for name in params.preset_names():
@@ -38,7 +39,7 @@ def _report_pruned(root: Path, removed: list[str]) -> None:
 
 
 def _prune_lock(args) -> int:
-    from fat import lock
+    from fat.tools import lock
 
     removed = lock.prune(args.repo)
     _report_pruned(args.repo, removed)
@@ -48,7 +49,7 @@ def _prune_lock(args) -> int:
 
 
 def _validate(args) -> int:
-    from fat import prepare
+    from fat.data import prepare
 
     problems = prepare.validate_layout(args.directory, max_seconds=args.max_seconds,
                                        min_peak_dbfs=args.min_peak_dbfs, n_jobs=args.jobs)
@@ -60,7 +61,8 @@ def _validate(args) -> int:
 
 
 def _score(args) -> int:
-    from fat import data, metrics
+    from fat import metrics
+    from fat.data import tables as data
     from fat.io import load_predictions
 
     fnames, probs = load_predictions(args.predictions)
@@ -77,7 +79,8 @@ def _score(args) -> int:
 
 
 def _synth(args) -> int:
-    from fat import params, prepare
+    from fat import params
+    from fat.data import prepare
 
     if args.out.exists():
         raise ValueError(f"{args.out}: already exists; choose a new directory")
@@ -125,14 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=0, help="worker processes (0 = all cores)")
     p.set_defaults(func=_synth)
 
-    from fat import bench, export, fetch, infer, prreport, webview  # commands that live in their own modules
+    from fat.inference import export, predictor  # commands that live in their own modules
+    from fat.tools import bench, fetch, offline_plots, prreport
 
     bench.add_parser(sub)
     export.add_parser(sub)
     fetch.add_parser(sub)
-    infer.add_parser(sub)
+    predictor.add_parser(sub)
     prreport.add_parser(sub)
-    webview.add_parser(sub)
+    offline_plots.add_parser(sub)
     return ap
 
 

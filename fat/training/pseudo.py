@@ -21,12 +21,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fat import data, models
-from fat.features import FeatureStore
+from fat.data import tables as data
+from fat.training import models
+from fat.features.store import FeatureStore
 from fat.io import save_predictions, write_csv
 from fat.layout import Layout
-from fat.predict import predict_plain
-from fat.train import pick_device
+from fat.evaluation.predict import predict_plain
+from fat.device import pick_device
 
 
 def predicted_labels(probs: np.ndarray, label_threshold: float, top_k: int) -> np.ndarray:

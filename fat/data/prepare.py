@@ -2,7 +2,7 @@
 directory in the Kaggle or FSDKaggle2019 (Zenodo) layout — into `data/raw/`, validated, written
 atomically.
 
-A directory source is validated in one pass (fat.validate): table problems always stop the stage;
+A directory source is validated in one pass (fat.data.validate): table problems always stop the stage;
 audio problems stop it too under `data.on_bad_audio: error` (the default), or, under `skip`, the
 bad files are left out and listed with their reasons in the quarantine report (never silent zeros).
 Audio files are hard-linked into data/raw where the filesystem allows, copied otherwise."""
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fat import corrections as corr
-from fat import data, sources, synth, validate
+from fat.data import corrections as corr
+from fat.data import sources, synth, validate
+from fat.data import tables as data
 from fat.io import atomic_path
 from fat.log import progress
 

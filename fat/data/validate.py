@@ -1,4 +1,4 @@
-"""Validation of a data source in one pass: the tables (fat.sources), the corrections, and every
+"""Validation of a data source in one pass: the tables (fat.data.sources), the corrections, and every
 audio file — missing, unreadable or truncated, empty, too long, NaN/inf samples, silent — plus wav
 files that no table row names. Every problem names its file.
 
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from fat import audio, sources
-from fat import corrections as corr
+from fat.data import audio, sources
+from fat.data import corrections as corr
 from fat.log import progress
 
 QUARANTINE_COLUMNS = ["split", "fname", "file", "problem"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fat import data
+from fat.data import tables as data
 
 ZENODO_META = "FSDKaggle2019.meta"
 ZENODO_TABLES = {  # split -> (meta CSV, audio folder)

@@ -1,11 +1,11 @@
 """`fat predict PATH…`: tag audio files with the trained ensemble, as the pipeline scores its test split.
 
-Every file (any format and sample rate `fat.audio` reads) becomes log-mel frames through the same
-function as the feature stores (`fat.features.clip_frames`, rounded to the store's dtype), then
-each kept member's fold models predict it with the pipeline's own code (`fat.predict`: windows of
+Every file (any format and sample rate `fat.data.audio` reads) becomes log-mel frames through the same
+function as the feature stores (`fat.features.extract.clip_frames`, rounded to the store's dtype), then
+each kept member's fold models predict it with the pipeline's own code (`fat.evaluation.predict`: windows of
 the crop length, TTA with the test split's seeds), the folds are averaged and the members combined
-as the `ensemble` stage fitted them (`fat.ensemble`: fold averaging, `Combiner`). The settings all
-come from a model card (`fat.bundle`), so `fat predict data/raw/test` reproduces
+as the `ensemble` stage fitted them (`fat.evaluation.ensemble`: fold averaging, `Combiner`). The settings all
+come from a model card (`fat.evaluation.bundle`), so `fat predict data/raw/test` reproduces
 data/submission.csv and works in any directory that holds a bundle.
 
 Files that cannot be read are named on stderr, counted, and left out; the rest are still tagged
@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from fat import bundle
-from fat.audio import AudioError
-from fat.ensemble import Combiner, aggregate_folds
+from fat.data.audio import AudioError
+from fat.evaluation import bundle
+from fat.evaluation.ensemble import Combiner, aggregate_folds
 from fat.io import atomic_path, save_predictions
 from fat.log import progress
 
 if TYPE_CHECKING:  # torch and the model code load when a predictor is built, not with the `fat` command
     import torch
 
-    from fat.features import FeatureStore
+    from fat.features.store import FeatureStore
 
 log = logging.getLogger("fat.predict")
 
@@ -44,7 +44,7 @@ CHUNK = 64  # files featurised and scored together (bounded memory for any numbe
 
 
 def audio_extensions() -> set[str]:
-    """Extensions of the formats libsndfile (hence `fat.audio.load`) reads here: wav, flac, ogg, mp3, …
+    """Extensions of the formats libsndfile (hence `fat.data.audio.load`) reads here: wav, flac, ogg, mp3, …
     (headerless RAW is left out: it cannot be read without being told its layout)."""
     import soundfile as sf
 
@@ -90,19 +90,21 @@ class Predictor:
     def __init__(self, card: dict, root: Path, device=None):
         import torch
 
-        from fat import features, models
-        from fat.augment import mask_settings
+        from fat.device import pick_device
+        from fat.features.extract import feature_kwargs
+        from fat.training import models
+        from fat.training.augment import mask_settings
 
         self.card, self.root = card, Path(root)
         self.classes = list(card["classes"])
-        self.kw = features.feature_kwargs(card["audio"], card["features"])
+        self.kw = feature_kwargs(card["audio"], card["features"])
         self.dtype = str(card["features"].get("dtype", "float16"))
         self.tta = card["tta"]
         self.mask = mask_settings(card["augment"]) if self.tta else None
         self.fold_agg = card["fold_agg"]
         self.kept = list(card["kept"])
         self.combiner = Combiner.from_state(card["combiner"])
-        self.device = features.default_device() if device is None else torch.device(device)
+        self.device = pick_device() if device is None else torch.device(device)
         self.members: dict[str, list[Member]] = {}
         for fam in self.kept:
             self.members[fam] = []
@@ -116,7 +118,7 @@ class Predictor:
         """A bundle directory (it has a card.json: the ensemble, or one family of it), or one family's
         directory of the pipeline (data/models/<family>, fold<k>/model.pt inside), whose settings
         are then those of `params_path`, as the pipeline's predict stage uses them."""
-        from fat import models
+        from fat.training import models
 
         model_dir = Path(model_dir)
         if (model_dir / bundle.CARD).exists():
@@ -145,11 +147,12 @@ class Predictor:
         """An in-memory feature store of the readable files (in order) and the (file, problem) of the rest."""
         import torch
 
-        from fat import features
+        from fat.features.extract import clip_frames
+        from fat.features.store import FeatureStore
 
         def one(path):
             try:
-                return features.clip_frames(path, self.kw, self.dtype, self.device), None
+                return clip_frames(path, self.kw, self.dtype, self.device), None
             except (AudioError, ValueError) as e:  # unreadable, empty, NaN samples …: named and counted
                 return None, str(e) if str(path) in str(e) else f"{path}: {e}"
 
@@ -168,13 +171,13 @@ class Predictor:
         lengths = np.array([len(f) for f in frames], dtype=np.int64)
         index = pd.DataFrame({"fname": names, "offset": np.concatenate([[0], np.cumsum(lengths)[:-1]]),
                               "length": lengths, "duration": durations})
-        store = features.FeatureStore(Path(f"<{len(names)} files>"), np.concatenate(frames), index,
+        store = FeatureStore(Path(f"<{len(names)} files>"), np.concatenate(frames), index,
                              {**self.kw, "dtype": self.dtype})
         return store, failed
 
     def family_probs(self, family: str, store: FeatureStore) -> np.ndarray:
         """One member's probabilities: its fold models (with TTA when the card says so), averaged."""
-        from fat.predict import predict_plain, predict_tta
+        from fat.evaluation.predict import predict_plain, predict_tta
 
         rows = np.arange(len(store))
         preds = []

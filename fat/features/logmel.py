@@ -1,52 +1,30 @@
-"""Log-mel features and the packed, memory-mappable feature store.
-
-`log_mel` is numerically the librosa definition (power mel spectrogram of a centred, zero-padded,
-periodic-Hann STFT, in dB with ref 1.0, amin 1e-10, no top_db) computed faster:
+"""Log-mel features: `log_mel` is numerically the librosa definition (power mel spectrogram of a
+centred, zero-padded, periodic-Hann STFT, in dB with ref 1.0, amin 1e-10, no top_db) computed faster:
 
 - frames are transformed 16 at a time straight from the signal (no framed copy), in float64 like
   librosa: a float32 FFT is not enough for the contract, since its rounding noise (about 1e-7 of
   a frame's energy) shows in any band 60 dB below the frame's loudest one (pure tones are off by up
-  to ~1 dB). `fat.fft` runs them through one MKL descriptor per thread, configured once, instead
-  of torch.fft's set-up on every call;
+  to ~1 dB). `fat.features.fft` runs them through one MKL descriptor per thread, configured once,
+  instead of torch.fft's set-up on every call;
 - the Hann window is applied in the frequency domain (X[k]/2 - (X[k-1] + X[k+1])/4, exact for the
   periodic Hann window), so the FFT reads the overlapping frames in place;
 - the mel filterbank (librosa's own) is sparse: each band is a short run of bins, so a compiled
   kernel (numba) takes one dot product per band over just that run, while the block's spectra are
   still in cache, instead of a dense (n_mels x bins) product.
-On CUDA the same definition runs in torch on the GPU. `build_store` loads and transforms clips in
-threads (the kernel, the FFT, reading and resampling release the GIL), so all cores are used
-without spawning processes.
-
-A store is a directory with
-  mels.npy   one array (total_frames, n_mels), every clip's frames back to back (time-major, so a
-             clip and any crop of it are contiguous on disk), float16 or float32;
-  index.csv  fname, offset, length (frames), duration (s) — one row per clip, in CSV order;
-  meta.json  the feature parameters that produced it.
-It is written sequentially (never held in RAM whole) and renamed into place when complete.
+On CUDA the same definition runs in torch on the GPU. The computation is thread-safe (per-thread
+buffers; the kernel and the FFT release the GIL): `fat.features.extract` runs it in threads.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import itertools
-import json
-import os
 import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 
-from fat import audio, data, fft
-from fat.io import atomic_path
-from fat.log import progress
+from fat.features import fft
 
-_HEADER_LEN = 256  # bytes reserved for the .npy header so the array can be streamed after it
 _AMIN = 1e-10  # power floor of power_to_db (-100 dB)
 _BLOCK = 16  # frames per FFT call: their spectra (262 KB at n_fft 2048) stay in cache for the kernel
 _CHUNK_BLOCKS = 8  # blocks per stretch of the signal copied to float64 at once (128 frames)
@@ -256,155 +234,3 @@ def librosa_log_mel(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax) -> np.ndarr
     mel = librosa.feature.melspectrogram(y=np.asarray(y), sr=sr, n_fft=n_fft, hop_length=hop_length,
                                          n_mels=n_mels, fmin=fmin, fmax=fmax, power=2.0)
     return librosa.power_to_db(mel, ref=1.0, amin=_AMIN, top_db=None).astype(np.float32)
-
-
-def feature_kwargs(audio_cfg: dict, feat_cfg: dict) -> dict:
-    sr = int(audio_cfg["sample_rate"])
-    fmax = feat_cfg.get("fmax") or sr / 2
-    return dict(
-        sr=sr, n_fft=int(feat_cfg["n_fft"]), hop_length=int(feat_cfg["hop_length"]),
-        n_mels=int(feat_cfg["n_mels"]), fmin=float(feat_cfg["fmin"]), fmax=float(fmax),
-    )
-
-
-def npy_header(shape, dtype) -> bytes:
-    d = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": tuple(shape)}
-    body = repr(d).encode("latin1")
-    pad = _HEADER_LEN - 10 - len(body) - 1
-    if pad < 0:
-        raise ValueError("npy header does not fit the reserved space")
-    return b"\x93NUMPY\x01\x00" + (_HEADER_LEN - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@contextlib.contextmanager
-def _single_threaded_torch(enabled: bool):
-    """Worker threads each run their own FFTs: keep torch from adding its own threads on top."""
-    before = torch.get_num_threads()
-    if enabled:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def clip_frames(path, kw: dict, dtype="float16", device=None) -> tuple[np.ndarray, float]:
-    """One audio file as the feature store holds it: (log-mel frames (frames, n_mels) in the storage
-    `dtype`, duration in seconds). `build_store` and `fat predict` both compute clips with this."""
-    y = audio.load(path, kw["sr"])
-    frames = log_mel_frames(y, device=device, **kw)
-    return np.ascontiguousarray(frames, dtype=np.dtype(dtype)), len(y) / kw["sr"]
-
-
-def build_store(paths: list[Path], fnames: list[str], out_dir: str | Path, kw: dict,
-                dtype: str = "float16", n_jobs: int = 0, desc: str = "log-mel", device=None) -> dict:
-    """Compute log-mels for `paths` and write a store into `out_dir` atomically. `n_jobs` threads
-    (0 = all cores) load and transform clips, a bounded window of them in flight; the store is
-    the same for any `n_jobs`. `device`: where log-mels are computed (default: CUDA if present)."""
-    if len(paths) != len(fnames):
-        raise ValueError("paths and fnames differ in length")
-    dtype = np.dtype(dtype)
-    n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(paths) or 1))
-    device = default_device() if device is None else torch.device(device)
-
-    def clip_features(path):
-        return clip_frames(path, kw, dtype, device)
-
-    offsets, lengths, durations = [], [], []
-    total = 0
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        with open(tmp / "mels.npy", "wb") as f, _single_threaded_torch(n_jobs > 1):
-            f.write(b"\0" * _HEADER_LEN)
-            pool = ThreadPoolExecutor(n_jobs)
-            try:
-                todo = iter(paths)
-                pending = deque(pool.submit(clip_features, p) for p in itertools.islice(todo, 2 * n_jobs))
-                for _ in progress(range(len(paths)), desc=desc):
-                    m, dur = pending.popleft().result()
-                    pending.extend(pool.submit(clip_features, p) for p in itertools.islice(todo, 1))
-                    f.write(m.tobytes())
-                    offsets.append(total)
-                    lengths.append(m.shape[0])
-                    durations.append(round(dur, 4))
-                    total += m.shape[0]
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-            f.seek(0)
-            f.write(npy_header((total, kw["n_mels"]), dtype))
-        pd.DataFrame({"fname": fnames, "offset": offsets, "length": lengths, "duration": durations}).to_csv(
-            tmp / "index.csv", index=False
-        )
-        meta = {**kw, "dtype": dtype.name, "clips": len(fnames), "frames": total}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
-
-
-def build_split(raw_dir: str | Path, split: str, out_dir: str | Path, params: dict) -> dict:
-    """The store of one split of a FAT2019-layout directory, clips in its CSV's order."""
-    table = data.split_table(raw_dir, split)
-    folder = data.audio_dir(raw_dir, split)
-    kw = feature_kwargs(params["audio"], params["features"])
-    return build_store([folder / f for f in table["fname"]], table["fname"].tolist(), out_dir, kw,
-                       dtype=params["features"]["dtype"], n_jobs=int(params["data"].get("n_jobs", 0)),
-                       desc=f"log-mel {split}")
-
-
-@dataclass
-class FeatureStore:
-    """Read side of a store: memory-mapped frames plus the index. `clip(i)` is (n_mels, frames)."""
-
-    root: Path
-    mels: np.ndarray
-    index: pd.DataFrame
-    meta: dict
-
-    @classmethod
-    def open(cls, root: str | Path) -> "FeatureStore":
-        root = Path(root)
-        for name in ("mels.npy", "index.csv", "meta.json"):
-            if not (root / name).exists():
-                raise FileNotFoundError(f"{root / name}: missing; is {root} a feature store?")
-        mels = np.load(root / "mels.npy", mmap_mode="r")
-        index = pd.read_csv(root / "index.csv", dtype={"fname": str})
-        meta = json.loads((root / "meta.json").read_text())
-        end = int((index["offset"] + index["length"]).max()) if len(index) else 0
-        if end > mels.shape[0]:
-            raise ValueError(f"{root}: index points past the end of mels.npy ({end} > {mels.shape[0]})")
-        return cls(root, mels, index, meta)
-
-    def __reduce__(self):  # a pickled store (DataLoader workers under spawn) reopens the memory map, never copies it
-        return (FeatureStore.open, (self.root,))
-
-    def __post_init__(self):
-        self.offsets = self.index["offset"].to_numpy(dtype=np.int64)
-        self.lengths = self.index["length"].to_numpy(dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def n_mels(self) -> int:
-        return int(self.mels.shape[1])
-
-    @property
-    def fnames(self) -> list[str]:
-        return self.index["fname"].tolist()
-
-    def position(self, fnames) -> np.ndarray:
-        """Row numbers of `fnames` in this store; unknown names raise naming the store."""
-        pos = pd.Series(np.arange(len(self.index)), index=self.index["fname"])
-        missing = [f for f in fnames if f not in pos.index]
-        if missing:
-            raise KeyError(f"{self.root}: {len(missing)} clips not in the feature store, e.g. {missing[:3]}")
-        return pos.loc[list(fnames)].to_numpy()
-
-    def clip(self, i: int, start: int = 0, length: int | None = None) -> np.ndarray:
-        off, n = int(self.offsets[i]), int(self.lengths[i])
-        length = n - start if length is None else min(length, n - start)
-        return np.asarray(self.mels[off + start : off + start + length], dtype=np.float32).T
-

@@ -20,18 +20,14 @@ import torch.distributed as td
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fat import augment, dist, metrics
-from fat.checkpoint import Checkpointer
+from fat import metrics
+from fat.training import augment, dist
+from fat.training.checkpoint import Checkpointer
+from fat.features.store import FeatureStore
 from fat.log import progress
-from fat.features import FeatureStore
-from fat.log import progress
-from fat.predict import predict_windows
+from fat.evaluation.predict import predict_windows
 
 log = logging.getLogger("fat.train")
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -299,11 +295,11 @@ def fit(model, data: CropDataset, *, train_cfg: dict, mixup_alpha: float, augmen
         device, validate=None, desc: str = "train", on_epoch=None,
         checkpoint: Checkpointer | None = None) -> list[dict]:
     """Train `model` in place for `train_cfg['epochs']` epochs. `validate(model) -> dict` is called
-    every `eval_every` epochs (and after the last); `on_epoch(record)` (e.g. fat.track's DVCLive
+    every `eval_every` epochs (and after the last); `on_epoch(record)` (e.g. fat.training.track's DVCLive
     logger) after each epoch's record is complete, on rank 0 only; the history of epoch records is
     returned.
 
-    Under torchrun (fat.dist) the model is wrapped in DistributedDataParallel and each rank trains on
+    Under torchrun (fat.training.dist) the model is wrapped in DistributedDataParallel and each rank trains on
     its share of every batch (the batches are the single-process ones), the training loss is
     averaged over ranks, and rank 0 validates and shares the figures.
     With `checkpoint`, the full training state is saved after every epoch (rank 0) and a matching

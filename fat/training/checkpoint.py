@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import pickle
-import re
 from pathlib import Path
 
 import torch
@@ -41,14 +40,6 @@ def fingerprint(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def unpickling_problem(e: Exception) -> str:
-    """The line of torch's weights-only refusal that says what it met (e.g. "Unsupported global:
-    GLOBAL os.system …"), without its advice on how to load the file unsafely."""
-    text = str(e)
-    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    return (m.group(1).split(". Please")[0].strip() if m else text.strip().splitlines()[0] if text.strip() else type(e).__name__)
-
-
 class Checkpointer:
     """Save / load / clear the checkpoint of one training run."""
 
@@ -62,6 +53,8 @@ class Checkpointer:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and plain values
+            from fat.training.models import unpickling_problem
+
             why = unpickling_problem(e)
             if "Unsupported global" in why:
                 log.warning("%s: checkpoint refused and ignored: it is not a plain weights file, and loading it "

@@ -9,9 +9,9 @@ run and no DVC remote: the report is
     figures of both revisions side by side), linked by path or by `--plots-url`.
 "Now" is the workspace (in CI: the checked-out pull request). It writes `<out>/report.md`; with
 `--post PR` it also posts it on that pull request as its own comment, found again by a hidden
-marker and edited on later pushes (fat/ghcomment.py: no other comment is touched).
+marker and edited on later pushes (fat/tools/ghcomment.py: no other comment is touched).
 `.github/workflows/pr-report.yml` runs it on every pull request.
-Runs with only the standard library and DVC installed (`python -m fat.prreport`).
+Runs with only the standard library and DVC installed (`python -m fat.tools.prreport`).
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args) -> int:
-    from fat import ghcomment
+    from fat.tools import ghcomment
 
     try:
         client = ghcomment.Client.from_env() if args.post is not None else None  # bad settings fail before the work
@@ -126,7 +126,7 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fat.prreport", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m fat.tools.prreport", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     _arguments(ap)
     try:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fat import data, metrics
+from fat import metrics
+from fat.data import tables as data
 from fat.io import load_predictions
 from fat.layout import Layout
 

@@ -12,10 +12,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from fat import bundle, cli, ensemble, infer, models
-from fat.augment import mask_settings
-from fat.features import FeatureStore, build_store, feature_kwargs
-from fat.predict import predict_tta
+from fat.evaluation import bundle, ensemble
+from fat.evaluation.predict import predict_tta
+from fat.features.extract import build_store, feature_kwargs
+from fat.features.store import FeatureStore
+from fat.inference import predictor as infer
+from fat.tools import cli
+from fat.training import models
+from fat.training.augment import mask_settings
 
 SR = 8000
 PARAMS = {

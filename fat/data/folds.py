@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from fat import data
+from fat.data import tables as data
 
 
 def make_folds(fnames, targets: np.ndarray, n_folds: int, seed: int) -> pd.DataFrame:

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from fat import data, metrics
+from fat import metrics
+from fat.data import tables as data
 from fat.io import load_predictions
 from fat.layout import Layout
 

@@ -17,17 +17,19 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import ConcatDataset
 
-from fat import data, dist, metrics, models, track
-from fat.checkpoint import Checkpointer, file_digest, fingerprint
-from fat.features import FeatureStore
-from fat.layout import FOLD_FAMILIES, Layout, member_seed, tta_seeds
-from fat.augment import mask_settings
+from fat import metrics
+from fat.data import tables as data
+from fat.training import dist, models, track
+from fat.training.checkpoint import Checkpointer, file_digest, fingerprint
+from fat.features.store import FeatureStore
+from fat.layout import FOLD_FAMILIES, Layout
 from fat.io import load_predictions, save_predictions, write_csv
-from fat.predict import predict_plain, predict_tta
-from fat.train import CropDataset, check_settings, evaluate, fit, pick_device, seed_everything
+from fat.evaluation.predict import predict_plain
+from fat.device import pick_device
+from fat.training.loop import CropDataset, check_settings, evaluate, fit, seed_everything
+from fat.training.splits import curated_split, load_pseudo, member_seed
 
 log = logging.getLogger("fat.family")
-
 
 
 FAMILY_ONLY_KEYS = {"retrain": {"init"}}  # family keys that are not `train` overrides
@@ -55,28 +57,6 @@ def family_train_cfg(params: dict, family: str) -> dict:
     cfg = {**params["train"], **overrides}
     check_settings(cfg, params["mixup"]["alpha"], params["augment"], sections={k: family for k in overrides})
     return cfg
-
-
-def curated_split(layout: Layout, fold: int):
-    """(classes, store, train rows, train targets, val rows, val targets, val fnames) for fold k."""
-    classes = data.vocabulary(layout.raw)
-    table = data.split_table(layout.raw, "curated")
-    folds = pd.read_csv(layout.folds, dtype={"fname": str})
-    n_folds = int(folds["fold"].max()) + 1
-    if not 0 <= fold < n_folds:
-        raise ValueError(f"{layout.folds}: fold {fold} does not exist (folds 0..{n_folds - 1})")
-    table = table.merge(folds, on="fname", how="left", validate="one_to_one")
-    if table["fold"].isna().any():
-        raise ValueError(f"{layout.folds}: {int(table['fold'].isna().sum())} curated clips have no fold; rerun `folds`")
-    store = FeatureStore.open(layout.features("curated"))
-    rows = store.position(table["fname"])
-    y = data.multi_hot(table["labels"], classes)
-    is_val = table["fold"].to_numpy() == fold
-    return classes, store, rows[~is_val], y[~is_val], rows[is_val], y[is_val], table["fname"][is_val].tolist()
-
-
-def load_pseudo(layout: Layout, fold: int, classes: list[str]) -> tuple[list[str], np.ndarray]:
-    return load_predictions(layout.pseudo(fold) / "labels.csv", classes)
 
 
 def history_frame(history: list[dict]) -> pd.DataFrame:
@@ -211,25 +191,3 @@ class ConcatCrops(ConcatDataset):
     def epoch(self, value):
         for d in self.datasets:
             d.epoch = value
-
-
-def predict_member(family: str, fold: int, params: dict, layout: Layout = Layout()) -> dict:
-    """Test-time-augmented predictions of member `family@fold` on its OOF clips and the test set,
-    written to data/preds/<family>/fold<k>/{oof,test}.csv. Returns plain vs TTA OOF lwlrap."""
-    device = pick_device()
-    classes, store, _, _, va_rows, va_y, va_fnames = curated_split(layout, fold)
-    model, ckpt = models.load(layout.member(family, fold) / "model.pt", classes=classes)
-    model.to(device)
-    crop = int(ckpt["crop_frames"])
-    test_store = FeatureStore.open(layout.features("test"))
-    oof_seed, test_seed = tta_seeds(params["seed"], fold)
-    mask_cfg = mask_settings(params["augment"])
-    oof_plain, oof_tta = predict_tta(model, store, va_rows, crop, params["tta"], mask_cfg, device=device, seed=oof_seed,
-                                     desc=f"TTA {family}@{fold} oof")
-    _, test_tta = predict_tta(model, test_store, np.arange(len(test_store)), crop, params["tta"], mask_cfg,
-                              device=device, seed=test_seed, desc=f"TTA {family}@{fold} test")
-    out = layout.preds(family, fold)
-    save_predictions(out / "oof.csv", va_fnames, oof_tta, classes)
-    save_predictions(out / "test.csv", test_store.fnames, test_tta, classes)
-    return {"fold": fold, "oof_lwlrap_plain": round(metrics.lwlrap(va_y, oof_plain), 6),
-            "oof_lwlrap_tta": round(metrics.lwlrap(va_y, oof_tta), 6)}

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from fat import audio, data
+from fat.data import audio
+from fat.data import tables as data
 from fat.log import progress
 
 SPLITS = ("curated", "noisy", "test")
@@ -156,8 +157,8 @@ def build(raw_dir: str | Path, cfg: dict, n_jobs: int = 0) -> dict:
 
 
 def figures(rep: dict, short_s: float) -> dict:
-    """{name: matplotlib Figure} of the report (see fat.plots)."""
-    from fat import plots
+    """{name: matplotlib Figure} of the report (see fat.evaluation.plots)."""
+    from fat.evaluation import plots
 
     tables = rep["tables"]
     return {

@@ -15,8 +15,8 @@ import torch
 
 from fat.log import progress
 
-from fat.augment import fit_length, spec_augment
-from fat.features import FeatureStore
+from fat.training.augment import fit_length, spec_augment
+from fat.features.store import FeatureStore
 
 
 def window_starts(n: int, length: int, step: int, offset: int = 0) -> list[int]:

@@ -1,8 +1,8 @@
-"""The exported module of `fat export` (see fat/export.py): waveform in, class probabilities out.
+"""The exported module of `fat export` (see fat/inference/export.py): waveform in, class probabilities out.
 
-`LogMel` is the front end of `fat.features` in plain torch ops (the DFT as a float64 matrix
+`LogMel` is the front end of `fat.features.logmel` in plain torch ops (the DFT as a float64 matrix
 product, so it exports to ONNX and TorchScript alike), `Windowed` one fold model scoring a clip's
-windows as `fat.predict.predict_plain` does, `Family` the fold average of `fat.ensemble`, and
+windows as `fat.evaluation.predict.predict_plain` does, `Family` the fold average of `fat.evaluation.ensemble`, and
 `Tagger` the whole: front end, families, combination.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fat import features
+from fat.features.logmel import mel_bank
 
 
 class LogMel(nn.Module):
@@ -27,7 +27,7 @@ class LogMel(nn.Module):
         angle = 2 * np.pi * n * k / n_fft
         basis = np.concatenate([window[:, None] * np.cos(angle), -window[:, None] * np.sin(angle)], axis=1)
         self.register_buffer("basis", torch.from_numpy(basis))  # (n_fft, 2 * bins) float64
-        mel = features.mel_bank(int(sr), int(n_fft), int(n_mels), float(fmin), float(fmax)).dense
+        mel = mel_bank(int(sr), int(n_fft), int(n_mels), float(fmin), float(fmax)).dense
         self.register_buffer("mel", torch.from_numpy(mel.T.astype(np.float64)))  # (bins, n_mels)
         self.register_buffer("offsets", torch.arange(n_fft, dtype=torch.int64))
         self.n_fft, self.hop, self.bins = int(n_fft), int(hop_length), bins
@@ -51,7 +51,7 @@ class LogMel(nn.Module):
 
 class Windowed(nn.Module):
     """One fold model on a clip's log-mel (n_mels, frames): window probabilities averaged, as
-    `fat.predict.predict_plain` does (windows of `crop` frames, the last aligned to the end,
+    `fat.evaluation.predict.predict_plain` does (windows of `crop` frames, the last aligned to the end,
     clips shorter than a window tiled)."""
 
     def __init__(self, cnn: nn.Module, crop: int):
@@ -73,7 +73,7 @@ class Windowed(nn.Module):
 
 
 class Family(nn.Module):
-    """A family's fold models, their probabilities averaged (`mean` or `geomean`, as fat.ensemble)."""
+    """A family's fold models, their probabilities averaged (`mean` or `geomean`, as fat.evaluation.ensemble)."""
 
     def __init__(self, folds: list[Windowed], how: str):
         super().__init__()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fat import data
+from fat.data import tables as data
 
 SHIPPED_DIR = Path(__file__).parent / "corrections"
 ACTIONS = ("relabel", "drop")
