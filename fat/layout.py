@@ -5,6 +5,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def member_seed(seed: int, fold: int) -> int:
+    """Fold k of every family starts from the same seed, so families are compared paired."""
+    return int(seed) * 100 + int(fold)
+
+
+def tta_seeds(seed: int, fold: int) -> tuple[int, int]:
+    """Seeds of member k's masked TTA views: (its out-of-fold clips, the test split and new audio)."""
+    base = member_seed(seed, fold)
+    return base, base + 1
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the pipeline keeps things (relative to the project root)."""
@@ -56,6 +67,11 @@ class Layout:
     def metrics_file(self, name: str) -> Path:
         """Any other file DVC tracks under metrics/ (tables, plot data, figures): metrics/<name>."""
         return self.root / "metrics" / name
+
+    @property
+    def bundle(self) -> Path:
+        """The ensemble's model bundle: model card + the members' fold models (`fat predict`'s default)."""
+        return self.root / "data/models/ensemble"
 
     @property
     def submission(self) -> Path:

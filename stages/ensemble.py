@@ -1,10 +1,13 @@
-"""Stage `ensemble`: correlation-filtered combination of the families -> data/submission.csv + metrics."""
+"""Stage `ensemble`: correlation-filtered combination of the families -> data/submission.csv, the model
+bundle data/models/ensemble (model card + fold models, what `fat predict` uses) and the headline
+metrics file metrics/summary.json (what `dvc exp show` and `dvc metrics diff` lead with)."""
 import argparse
 
 import pandas as pd
 
 from fat import log, params
-from fat.evaluation import ensemble, plots
+from fat.data import tables as data
+from fat.evaluation import bundle, ensemble, plots, summary
 from fat.io import write_csv, write_json
 from fat.layout import Layout
 
@@ -17,8 +20,11 @@ def main():
     p = params.load()
     result, submission, per_class = ensemble.run(p.ensemble, p.cv.folds, p.seed)
     folds = result.pop("folds")  # OOF lwlrap per member and fold: a table and a figure, not more metrics
+    bundle.write(p, data.vocabulary(LAYOUT.raw), result, LAYOUT)
+    result.pop("combiner")  # unrounded, in the model card
     write_csv(LAYOUT.submission, submission, float_format="%.6g")
     write_json(LAYOUT.metrics("ensemble"), result)
+    write_json(LAYOUT.metrics("summary"), summary.headline(result, LAYOUT))
     write_csv(LAYOUT.metrics_file("ensemble_per_class.csv"), per_class)
     scores = {m: v["oof_lwlrap"] for m, v in result["members"].items()}
     plots.save_png(plots.correlation_heatmap(result["correlation"], scores, result["kept"], result["dropped"],

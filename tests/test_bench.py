@@ -91,3 +91,20 @@ def test_write_store_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
     with pytest.raises(ValueError, match="needs .* GB"):
         bench.write_store(tmp_path / "big", 10_000, n_mels=128)
+
+
+def test_bench_predict_times_fat_predict_on_a_directory(tmp_path):
+    import soundfile as sf
+
+    from test_predictor import MEAN, SR, make_bundle, tone
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i, seconds in enumerate((0.5, 1.0, 2.0)):
+        sf.write(audio / f"c{i}.wav", tone(seconds, 300 + 200 * i, SR, i), SR)
+    res = bench.bench_predict(make_bundle(tmp_path / "bundle", MEAN), audio)
+    assert res["files"] == 3 and res["unreadable"] == 0 and res["audio_seconds"] == 3.5
+    assert res["fold_models"] == 4 and res["tta_views"] == 4 and res["kept"] == ["baseline", "finetune"]
+    # both rounded (seconds to 0.01, the rate to 0.1): the rate lies between those the rounded seconds allow
+    lo, hi = (res["audio_seconds"] / (res["seconds"] + d) for d in (0.005, -0.005))
+    assert lo - 0.051 <= res["audio_s_per_s"] <= hi + 0.051, res

@@ -37,3 +37,22 @@ def test_fingerprint_and_digest_change_with_their_inputs(tmp_path):
     before = file_digest(tmp_path / "d")
     (tmp_path / "d" / "f.txt").write_text("two")
     assert file_digest(tmp_path / "d") != before
+
+
+class _RunsCode:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_crafted_checkpoint_is_refused_with_a_warning_naming_it_and_runs_nothing(tmp_path, caplog):
+    witness = tmp_path / "code-ran"
+    path = tmp_path / "baseline@0.pt"
+    torch.save({"epoch": 3, "fingerprint": "fp", "history": [], "payload": _RunsCode(witness)}, path)
+    assert Checkpointer(path, "fp").load() is None  # training starts afresh instead
+    assert not witness.exists()
+    assert f"{path}: checkpoint refused and ignored" in caplog.text and "could run code" in caplog.text

@@ -117,3 +117,28 @@ def test_training_and_prediction_stages_do_not_depend_on_the_log_mel_computation
         closure = fat_closure(ROOT / script)
         assert "fat/features/store.py" in closure
         assert {"fat/features/logmel.py", "fat/features/fft.py", "fat/data/audio.py"} & closure == set(), script
+
+
+def test_one_headline_metrics_file_and_every_other_figure_file_is_an_uncached_output():
+    metrics = [next(iter(m)) for _, _, _, body in stages() for m in body.get("metrics", [])]
+    assert metrics == ["metrics/summary.json"]  # what `dvc exp show` and `dvc metrics diff` show
+    for name, _, _, body in stages():
+        for o in body.get("outs", []):
+            path = o if isinstance(o, str) else next(iter(o))
+            if path.startswith("metrics/"):
+                assert isinstance(o, dict) and o[path].get("cache") is False, \
+                    f"{name}: {path} is cached (git must carry it)"
+
+
+def test_artifacts_are_models_inside_the_ensemble_bundle():
+    import re
+
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    bundle = next(next(iter(o)) if isinstance(o, dict) else o for o in doc["stages"]["ensemble"]["outs"]
+                  if (next(iter(o)) if isinstance(o, dict) else o) == "data/models/ensemble")
+    arts = doc["artifacts"]
+    assert set(arts) == {"ensemble", "baseline", "finetune", "retrain"}
+    for name, a in arts.items():
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", name)  # DVC's artifact name rule
+        assert a["type"] == "model" and a["desc"] and a["labels"] and "audio-tagging" in a["labels"]
+        assert a["path"] == bundle if name == "ensemble" else a["path"] == f"{bundle}/{name}"

@@ -3,9 +3,11 @@ this checkout; then a no-op repro, and a `dvc exp run -S mixup.alpha=…` that r
 depends on mixup and shows up in `dvc metrics diff`. On the same run: `dvc plots show` drawn in
 headless Chromium, `fat pr-report` between the commits before and after the mixup change, and the
 queued sweep of docs/experiments.md (`dvc exp run --queue -S …`, `dvc queue start -j 2`,
-`dvc exp show`)."""
+`dvc exp show`); `fat predict` on the test audio against data/submission.csv, `fat export`'s modules
+against the pipeline's predictions, and `dvc artifacts get` of the model bundle in a fresh clone."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -91,6 +93,14 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
     probs = sub[classes].to_numpy()
     assert ((probs >= 0) & (probs <= 1)).all() and probs.std() > 0
 
+    summary = json.loads((repo / "metrics/summary.json").read_text())  # the headline metrics file
+    assert list(summary) == ["ensemble", "baseline", "finetune", "retrain", "pretrain"]
+    card = json.loads((repo / "data/models/ensemble/card.json").read_text())
+    assert card["classes"] == classes and summary["ensemble"]["kept"] == ", ".join(card["kept"])
+    for fam in ("baseline", "finetune", "retrain"):
+        for k in folds:  # the bundle's fold models are the members' own files
+            assert ((repo / f"data/models/ensemble/{fam}/fold{k}.pt").read_bytes()
+                    == (repo / f"data/models/{fam}/fold{k}/model.pt").read_bytes())
     ens = json.loads((repo / "metrics/ensemble.json").read_text())
     assert 0 < ens["lwlrap"] <= 1 and 0 < ens["test_lwlrap"] <= 1
     assert set(ens["members"]) == {"baseline", "finetune", "retrain"}
@@ -177,6 +187,70 @@ def test_second_repro_does_nothing(repo, first_repro):
     assert "Data and pipelines are up to date" in out
 
 
+def test_fat_predict_on_the_test_audio_reproduces_the_submission(repo, first_repro, tmp_path):
+    """`fat predict data/raw/test -o OUT.csv`: same members, fold averaging, TTA and combination as
+    the ensemble stage, from the audio files alone."""
+    run(["fat", "predict", "data/raw/test", "-o", str(tmp_path / "out.csv")], repo)
+    sub = pd.read_csv(repo / "data/submission.csv").set_index("fname")
+    got = pd.read_csv(tmp_path / "out.csv").set_index("fname")
+    assert list(got.columns) == list(sub.columns) and sorted(got.index) == sorted(sub.index)
+    diff = (got.loc[sub.index] - sub).abs().to_numpy().max()
+    assert diff <= 1e-3, diff
+    assert sub.to_numpy().std() > 0
+
+
+@pytest.fixture(scope="module")
+def exported(repo, first_repro, tmp_path_factory) -> Path:
+    from fat.inference import export
+
+    out = tmp_path_factory.mktemp("export")
+    formats = ["torchscript"] + ([] if export.missing_onnx_packages() else ["onnx"])
+    run(["fat", "export", "-o", str(out), *[a for f in formats for a in ("--format", f)]], repo)
+    return out
+
+
+def pipeline_plain_ensemble(repo: Path, classes: list[str]):
+    """The pipeline's own plain-window test predictions (data/models/<family>/fold<k>/test.csv),
+    fold-averaged and combined as the model card says: what the exported module computes."""
+    from fat.evaluation import ensemble
+    from fat.layout import Layout
+
+    card = json.loads((repo / "data/models/ensemble/card.json").read_text())
+    folds = list(params.load(repo / "params.yaml").cv.folds)
+    members = [ensemble.load_member(f, folds, Layout(repo), False, classes, card["fold_agg"]) for f in card["kept"]]
+    return members[0][2], ensemble.Combiner.from_state(card["combiner"])([m[3] for m in members]), card
+
+
+def exported_parity(repo, exported, predict_one) -> float:
+    from fat.data import audio
+
+    classes = (exported / "classes.txt").read_text().split()
+    assert classes == data.vocabulary(repo / "data/raw")
+    fnames, want, card = pipeline_plain_ensemble(repo, classes)
+    sr = card["audio"]["sample_rate"]
+    got = [predict_one(audio.load(repo / "data/raw/test" / f, sr)) for f in fnames]
+    return float(abs(pd.DataFrame(got).to_numpy() - want).max())
+
+
+def test_exported_torchscript_module_matches_the_pipelines_predictions(repo, exported):
+    import torch
+
+    module = torch.jit.load(str(exported / "tagger.pt"))
+    with torch.no_grad():
+        diff = exported_parity(repo, exported, lambda y: module(torch.from_numpy(y)).numpy())
+    assert diff <= 1e-4, diff
+
+
+def test_exported_onnx_module_run_by_onnx_runtime_matches_the_pipelines_predictions(repo, exported):
+    from fat.inference import export
+
+    gone = [p for p in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(p) is None]
+    if gone:
+        pytest.skip(f"ONNX export and its parity test need {', '.join(gone)} (pip install -e '.[export]')")
+    diff = exported_parity(repo, exported, lambda y: export.run_onnx(exported / "tagger.onnx", y))
+    assert diff <= 1e-4, diff
+
+
 def commit(repo: Path, message: str) -> None:
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", message], repo)
@@ -214,6 +288,17 @@ def test_shared_remote_fresh_clone_pulls_and_does_no_work(repo, first_repro, tmp
     assert json.loads(run(["dvc", "metrics", "diff", "--json", "HEAD"], clone)) == {}
     a, b = (json.loads((r / "metrics" / "ensemble.json").read_text()) for r in (repo, clone))
     assert a == b
+    # the model registry: the bundle by name (a GTO version tag), outside any repository, then tagging with it
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "tag", "-a", "ensemble@v0.1.0", "-m", "ensemble"], clone)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    run(["dvc", "artifacts", "get", str(clone), "ensemble", "-o", "model"], outside)
+    assert (outside / "model/card.json").is_file() and (outside / "model/retrain/fold0.pt").is_file()
+    test_files = sorted((clone / "data/raw/test").iterdir())[:3]
+    run(["fat", "predict", *map(str, test_files), "--model", "model", "-o", "tags.csv"], outside)
+    got = pd.read_csv(outside / "tags.csv").set_index("fname")
+    sub = pd.read_csv(clone / "data/submission.csv").set_index("fname").loc[got.index]
+    assert (got - sub).abs().to_numpy().max() <= 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -239,11 +324,21 @@ def test_exp_run_reruns_only_what_depends_on_mixup(repo, alpha_exp):
     assert not ran & UPSTREAM, f"stages upstream of training reran: {ran & UPSTREAM}"
     assert {"baseline@0", "pretrain", "finetune@0", "retrain@0", "ensemble"} <= ran
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))
-    assert "metrics/ensemble.json" in diff
-    # every training family's metrics move (its per-fold val_loss at least; on the tiny profile
-    # a near-constant model can keep the same ranking, hence the same lwlrap)
+    assert set(diff) == {"metrics/summary.json"}, sorted(diff)  # the headline is the only metrics file (pretrain moves)
+    # every training family's figures move (its per-fold val_loss at least; on the tiny profile
+    # a near-constant model can keep the same ranking, hence the same lwlrap): in git, not in the diff
+    changed = run(["git", "diff", "--name-only", "HEAD", "--", "metrics"], repo).split()
     for fam in ("baseline", "pretrain", "finetune", "retrain"):
-        assert any(k.startswith(f"metrics/{fam}") for k in diff), f"no {fam} metric changed: {sorted(diff)}"
+        assert any(k.startswith(f"metrics/{fam}") for k in changed), f"no {fam} figure changed: {changed}"
+    # what a person reads: the comparison leads with the headline and stays small
+    table = run(["dvc", "exp", "show", "--md", "--only-changed"], repo).strip().splitlines()
+    columns = [c.strip() for c in table[0].strip("|").split("|")]
+    assert columns[:2] == ["Experiment", "Created"] and "mixup.alpha" in columns, columns
+    assert len(columns) <= 22, columns  # with the changed dependencies' hash columns (paths)
+    figures = [c for c in columns[2:] if "/" not in c]  # metrics and params
+    assert figures[0].startswith(("ensemble.", "baseline.", "finetune.", "retrain.", "pretrain.")), figures
+    assert not [c for c in figures if "fold" in c or "correlation" in c], figures
+    assert len(run(["dvc", "metrics", "diff", "--md"], repo).strip().splitlines()) <= 30
     params_diff = json.loads(run(["dvc", "params", "diff", "--json"], repo))
     assert params_diff["params.yaml"]["mixup.alpha"]["new"] == 0.4
 
@@ -256,11 +351,12 @@ def test_pr_report_between_the_commits_before_and_after_the_mixup_change(alpha_c
     params_part = md.split("### Params", 1)[1].split("###", 1)[0]
     assert re.search(r"\| params\.yaml\s*\| mixup\.alpha\s*\| 0\s*\| 0\.4\s*\|", params_part), params_part
     metrics_part = md.split("### Metrics", 1)[1].split("###", 1)[0]
-    assert "metrics/ensemble.json" in metrics_part and "metrics/baseline/fold0.json" in metrics_part
-    assert "metrics/prepare.json" not in metrics_part  # upstream of training: unchanged
-    old, new = (json.loads(run(["git", "show", f"{rev}:metrics/ensemble.json"], repo)) for rev in ("HEAD~1", "HEAD"))
-    for key in ("lwlrap", "test_lwlrap"):  # the headline lists the ensemble scores that moved (tiny: maybe none)
-        line = f"**metrics/ensemble.json `{key}`**: {old[key]:.4f} → {new[key]:.4f}"
+    assert "metrics/summary.json" in metrics_part  # the headline file, and nothing else
+    assert "metrics/baseline/fold0.json" not in metrics_part and "metrics/prepare.json" not in metrics_part
+    old, new = (json.loads(run(["git", "show", f"{rev}:metrics/summary.json"], repo))["ensemble"]
+                for rev in ("HEAD~1", "HEAD"))
+    for key in ("oof_lwlrap", "test_lwlrap"):  # the headline lists the ensemble scores that moved (tiny: maybe none)
+        line = f"**metrics/summary.json `ensemble.{key}`**: {old[key]:.4f} → {new[key]:.4f}"
         assert (line in md) == (old[key] != new[key]), (key, old[key], new[key])
     page = (tmp_path / "pr/plots/index.html").read_text()
     assert "HEAD~1" in page and "workspace" in page and "train_loss" in page

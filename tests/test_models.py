@@ -220,3 +220,48 @@ def test_load_backbone_rejects_architecture_mismatch(tmp_path, other):
         models.load_backbone(dst, path)
     for k, v in dst.state_dict().items():  # a failed transfer leaves the model untouched
         assert torch.equal(v, before[k]), k
+
+
+class _RunsCode:
+    """Unpickling this calls a function of the attacker's choice (here: touching a file)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def crafted_model_file(path, witness):
+    """A model file that looks like ours but carries an object whose unpickling runs code."""
+    model = models.build(Model(base_channels=4, n_blocks=2), 3, 16)
+    torch.save({"state_dict": model.state_dict(), "model_cfg": {"base_channels": 4, "n_blocks": 2},
+                "classes": ["a", "b", "c"], "n_mels": 16, "payload": _RunsCode(witness)}, path)
+    return path
+
+
+@pytest.mark.parametrize("loader", ["load", "load_backbone", "read_checkpoint"])
+def test_crafted_pickle_is_refused_naming_the_file_and_runs_nothing(tmp_path, loader):
+    witness = tmp_path / "code-ran"
+    path = crafted_model_file(tmp_path / "model.pt", witness)
+    with pytest.raises(ValueError) as e:
+        if loader == "load_backbone":
+            models.load_backbone(models.build(Model(base_channels=4, n_blocks=2), 3, 16), path)
+        else:
+            getattr(models, loader)(path)
+    assert str(path) in str(e.value) and "refused to load" in str(e.value)
+    assert not witness.exists()
+    torch.load(path, weights_only=False)  # the file really is armed: the unsafe way runs its code
+    assert witness.exists()
+
+
+def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="junk.pt: not a readable model file"):
+        models.load(path)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a fat model file"):
+        models.load(tmp_path / "other.pt")

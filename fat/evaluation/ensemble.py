@@ -134,6 +134,35 @@ class Combiner:
                 self.single = int(np.argmax(singles))
         return self
 
+    def state(self) -> dict:
+        """The fitted combination as plain JSON values (`from_state` rebuilds it): what `fat predict`
+        applies to the members' predictions of new clips."""
+        out = {"method": self.method, "guard": self.guard, "single": self.single,
+               "weights": None if self.weights is None else [float(w) for w in self.weights], "stack": None}
+        if self.stack is not None:
+            out["stack"] = {"coef": self.stack.coef_.ravel().tolist(), "intercept": float(self.stack.intercept_[0])}
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict) -> Combiner:
+        """The fitted Combiner of `state()` (a model card's `combiner`)."""
+        c = cls(state["method"], seed=0, guard=bool(state.get("guard", False)))
+        c.single = None if state.get("single") is None else int(state["single"])
+        if state.get("weights") is not None:
+            c.weights = np.asarray(state["weights"], dtype=np.float64)
+        elif c.method == "weighted" and c.single is None:
+            raise ValueError("combiner state: the weighted method needs its weights")
+        if state.get("stack") is not None:
+            from sklearn.linear_model import LogisticRegression
+
+            coef = np.asarray(state["stack"]["coef"], dtype=np.float64).reshape(1, -1)
+            c.stack = LogisticRegression()
+            c.stack.coef_, c.stack.intercept_ = coef, np.asarray([float(state["stack"]["intercept"])])
+            c.stack.classes_, c.stack.n_features_in_ = np.asarray([0.0, 1.0], dtype=np.float32), coef.shape[1]
+        elif c.method == "stack" and c.single is None:
+            raise ValueError("combiner state: the stack method needs its coefficients")
+        return c
+
     def __call__(self, probs: list[np.ndarray]) -> np.ndarray:
         if self.single is not None:
             return probs[self.single]
@@ -226,6 +255,7 @@ def run(cfg: EnsembleSection, folds: list[int], seed: int, layout: Layout = Layo
     })
     if combiner.weights is not None:
         result["weights"] = {m: round(float(w), 4) for m, w in zip(kept, combiner.weights)}
+    result["combiner"] = combiner.state()  # the fitted combination, unrounded (the stage writes it to the model card)
     result["folds"] = fold_scores({**oof, "ensemble": oof_ens}, truth, fold_of)
     per_class, weight = metrics.lwlrap_per_class(truth, oof_ens)
     per_class_df = pd.DataFrame({"class": classes, "lwlrap": np.round(per_class, 6), "weight": np.round(weight, 6)})

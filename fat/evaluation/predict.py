@@ -8,6 +8,8 @@ prediction: p = beta * plain + (1 - beta) * mean(views).
 """
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 
@@ -32,9 +34,11 @@ def window_starts(n: int, length: int, step: int, offset: int = 0) -> list[int]:
 
 @torch.no_grad()
 def predict_windows(model, store: FeatureStore, rows, length: int, step: int, *, device, batch_size: int = 64,
-                    offset: int = 0, mask_rng: np.random.Generator | None = None, mask_cfg: dict | None = None,
+                    offset: int = 0, mask_seed: tuple[int, ...] | None = None, mask_cfg: dict | None = None,
                     desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, logits) per clip, each the mean over the clip's windows."""
+    """(probabilities, logits) per clip, each the mean over the clip's windows. With `mask_seed`,
+    each clip's windows are SpecAugment-masked with a generator seeded by (mask_seed, the clip's
+    name): the same clip gets the same masks whatever it is batched with."""
     model.eval()
     rows = np.asarray(rows)
     n_classes = None
@@ -45,8 +49,6 @@ def predict_windows(model, store: FeatureStore, rows, length: int, step: int, *,
     def flush():
         nonlocal probs_sum, logit_sum, n_classes
         x = torch.from_numpy(np.stack(batch)).to(device)
-        if mask_rng is not None:
-            x = spec_augment(x, mask_rng, **(mask_cfg or {}))
         logits = model(x).float()
         p = torch.sigmoid(logits).cpu().numpy().astype(np.float64)
         lg = logits.cpu().numpy().astype(np.float64)
@@ -62,8 +64,12 @@ def predict_windows(model, store: FeatureStore, rows, length: int, step: int, *,
     for i, r in enumerate(progress(rows, desc=desc, disable=None if desc else True, leave=False)):
         n = int(store.lengths[r])
         clip = store.clip(r)
-        for s in window_starts(n, length, step, offset):
-            batch.append(np.ascontiguousarray(fit_length(clip, length, s)))
+        windows = np.stack([fit_length(clip, length, s) for s in window_starts(n, length, step, offset)])
+        if mask_seed is not None:
+            rng = np.random.default_rng([*mask_seed, clip_key(store.index["fname"].iat[r])])
+            windows = spec_augment(torch.from_numpy(windows), rng, **(mask_cfg or {})).numpy()
+        for w in windows:
+            batch.append(w)
             owners.append(i)
             counts[i] += 1
             if len(batch) == batch_size:
@@ -73,6 +79,11 @@ def predict_windows(model, store: FeatureStore, rows, length: int, step: int, *,
     if probs_sum is None:
         raise ValueError("no clips to predict")
     return probs_sum / counts[:, None], logit_sum / counts[:, None]
+
+
+def clip_key(fname: str) -> int:
+    """A stable number for a clip name (crc32 of its UTF-8 bytes): part of its mask seed."""
+    return zlib.crc32(str(fname).encode("utf-8"))
 
 
 def predict_plain(model, store, rows, length, *, device, batch_size=64, desc=None) -> np.ndarray:
@@ -93,9 +104,9 @@ def predict_tta(model, store, rows, length, tta: Tta, mask_cfg: dict, *, device,
     plain = predict_plain(model, store, rows, length, device=device, batch_size=batch_size, desc=desc)
     views = []
     for v in tta_views(length, tta):
-        rng = np.random.default_rng([seed, v.get("i", 0)]) if v["masked"] else None
         p, _ = predict_windows(model, store, rows, length, v["step"], device=device, batch_size=batch_size,
-                               offset=v["offset"], mask_rng=rng, mask_cfg=mask_cfg if v["masked"] else None)
+                               offset=v["offset"], mask_seed=(seed, v["i"]) if v["masked"] else None,
+                               mask_cfg=mask_cfg if v["masked"] else None)
         views.append(p)
     beta = tta.beta
     if not views:

@@ -9,10 +9,10 @@ from fat.device import pick_device
 from fat.evaluation.predict import predict_tta
 from fat.features.store import FeatureStore
 from fat.io import save_predictions
-from fat.layout import Layout
+from fat.layout import Layout, tta_seeds
 from fat.params import Augment, Tta
 from fat.training import models
-from fat.training.splits import curated_split, member_seed
+from fat.training.splits import curated_split
 
 
 def predict_member(family: str, fold: int, tta: Tta, augment: Augment, seed: int,
@@ -25,12 +25,12 @@ def predict_member(family: str, fold: int, tta: Tta, augment: Augment, seed: int
     model.to(device)
     crop = int(ckpt["crop_frames"])
     test_store = FeatureStore.open(layout.features("test"))
-    seed = member_seed(seed, fold)
+    oof_seed, test_seed = tta_seeds(seed, fold)
     mask_cfg = augment.masks()
-    oof_plain, oof_tta = predict_tta(model, store, va_rows, crop, tta, mask_cfg, device=device, seed=seed,
+    oof_plain, oof_tta = predict_tta(model, store, va_rows, crop, tta, mask_cfg, device=device, seed=oof_seed,
                                      desc=f"TTA {family}@{fold} oof")
     _, test_tta = predict_tta(model, test_store, np.arange(len(test_store)), crop, tta, mask_cfg,
-                              device=device, seed=seed + 1, desc=f"TTA {family}@{fold} test")
+                              device=device, seed=test_seed, desc=f"TTA {family}@{fold} test")
     out = layout.preds(family, fold)
     save_predictions(out / "oof.csv", va_fnames, oof_tta, classes)
     save_predictions(out / "test.csv", test_store.fnames, test_tta, classes)

@@ -38,6 +38,13 @@ def _single_threaded_torch(enabled: bool):
         torch.set_num_threads(before)
 
 
+def clip_frames(path, kw: dict, dtype="float16", device=None) -> tuple[np.ndarray, float]:
+    """One audio file as the feature store holds it: (log-mel frames (frames, n_mels) in the storage
+    `dtype`, duration in seconds). `build_store` and `fat predict` both compute clips with this."""
+    y = audio.load(path, kw["sr"])
+    frames = log_mel_frames(y, device=device, **kw)
+    return np.ascontiguousarray(frames, dtype=np.dtype(dtype)), len(y) / kw["sr"]
+
 
 def build_store(paths: list[Path], fnames: list[str], out_dir: str | Path, kw: dict,
                 dtype: str = "float16", n_jobs: int = 0, desc: str = "log-mel", device=None) -> dict:
@@ -51,8 +58,7 @@ def build_store(paths: list[Path], fnames: list[str], out_dir: str | Path, kw: d
     device = pick_device() if device is None else torch.device(device)
 
     def clip_features(path):
-        y = audio.load(path, kw["sr"])
-        return log_mel_frames(y, device=device, **kw), len(y) / kw["sr"]
+        return clip_frames(path, kw, dtype, device)
 
     with atomic_path(out_dir) as tmp, _single_threaded_torch(n_jobs > 1):
         with StoreWriter(tmp, kw["n_mels"], dtype) as store:

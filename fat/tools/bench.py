@@ -13,6 +13,9 @@
   (`--store-frames 18000000`, a 4.6 GB file; the store is deleted afterwards).
 - stage overhead: a training stage's wall time under `dvc repro` minus its own work, split
   into DVC's per-stage cost and the imports, in a throwaway DVC repository (fat/tools/overhead.py).
+- predict (with `--predict-audio DIR`): audio-seconds per second of `fat predict` with the model of
+  `--predict-model` (default: the ensemble's bundle) on the audio files in DIR — reading, resampling,
+  log-mel and every kept member's fold models with TTA, as the command runs them (model loading excluded).
 """
 from __future__ import annotations
 
@@ -281,6 +284,28 @@ def bench_validate(root: Path, n_files: int, jobs: int = 0) -> dict:
             "files_per_s": round(n_files / child["seconds"], 1)}
 
 
+def bench_predict(model_dir: Path, audio: Path, jobs: int = 0) -> dict:
+    """`fat predict`'s throughput: the files of `audio`, tagged by the model of `model_dir`."""
+    import torch
+
+    from fat.inference import predictor as infer
+
+    files = infer.find_audio([audio])
+    if not files:
+        raise ValueError(f"{audio}: no audio files to time `fat predict` on")
+    predictor = infer.Predictor.open(model_dir)
+    infer.tag(predictor, files[:1], jobs)  # warm-up: the compiled log-mel kernel, oneDNN's first calls
+    t0 = time.perf_counter()
+    _, probs, failed, seconds = infer.tag(predictor, files, jobs)
+    elapsed = time.perf_counter() - t0
+    members = sum(len(m) for m in predictor.members.values())
+    return {"model": str(model_dir), "audio": str(audio), "files": len(files), "unreadable": len(failed),
+            "audio_seconds": round(seconds, 1), "seconds": round(elapsed, 2),
+            "audio_s_per_s": round(seconds / elapsed, 1), "kept": predictor.kept, "fold_models": members,
+            "tta_views": 0 if not predictor.tta else 1 + len(predictor.tta.shifts) + predictor.tta.masked,
+            "torch_threads": torch.get_num_threads()}
+
+
 def run(args) -> dict:
     import torch
 
@@ -305,6 +330,8 @@ def run(args) -> dict:
             from fat.tools import overhead
 
             out["stage_overhead"] = overhead.measure(work, args.overhead_files, args.rounds)
+        if args.predict_audio:
+            out["predict"] = bench_predict(args.predict_model, args.predict_audio)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -329,7 +356,11 @@ def summary(res: dict) -> str:
           f"{v['seconds']:.1f} s "
           f"({v['files_per_s']:.0f} files/s, {v['jobs']} workers), peak RSS {v['peak_rss_gb']:.2f} GB "
           f"(each worker at most {v['peak_rss_worker_gb']:.2f} GB)"] if (v := res.get("validate")) else [])
-      + ([_overhead_summary(o)] if (o := res.get("stage_overhead")) else []))
+      + ([_overhead_summary(o)] if (o := res.get("stage_overhead")) else [])
+      + ([f"fat predict ({pr['model']}: {', '.join(pr['kept'])}; {pr['fold_models']} fold models x {pr['tta_views']} "
+          f"views) on {pr['files']} files of {pr['audio']} ({pr['audio_seconds']} s of audio): "
+          f"{pr['audio_s_per_s']:.1f} audio-seconds per second, {pr['torch_threads']} torch threads"]
+         if (pr := res.get("predict")) else []))
 
 
 def _overhead_summary(o: dict) -> str:
@@ -364,6 +395,11 @@ def add_parser(sub) -> None:
     p.add_argument("--overhead-files", type=int, default=3000,
                    help="files in the directory of the stage-overhead repository, like data/raw's wavs "
                         "(default: %(default)s; 0 skips the stage-overhead figures)")
+    p.add_argument("--predict-audio", type=Path, default=None,
+                   help="also time `fat predict` on the audio files of this directory, e.g. data/raw/test "
+                        "(default: skipped)")
+    p.add_argument("--predict-model", type=Path, default=Path("data/models/ensemble"),
+                   help="the model `fat predict` is timed with (default: %(default)s)")
     p.add_argument("--workdir", default=None, help="where the generated stores go (default: the system temp dir)")
     p.set_defaults(func=main)
 

@@ -160,11 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=0, help="worker processes (0 = all cores)")
     p.set_defaults(func=_synth)
 
-    from fat.tools import bench, checkrepro, fetch, offline_plots, prreport  # commands that live in their own modules
+    from fat.inference import export, predictor  # commands that live in their own modules
+    from fat.tools import bench, checkrepro, fetch, offline_plots, prreport
 
     bench.add_parser(sub)
     checkrepro.add_parser(sub)
+    export.add_parser(sub)
     fetch.add_parser(sub)
+    predictor.add_parser(sub)
     prreport.add_parser(sub)
     offline_plots.add_parser(sub)
     return ap

@@ -7,8 +7,10 @@ run and no DVC remote: the report is
   - `dvc params diff --md BASE` (every parameter that changed);
   - `dvc plots diff BASE` written to `<out>/plots/index.html` (training curves, per-class bars and
     figures of both revisions side by side), linked by path or by `--plots-url`.
-"Now" is the workspace (in CI: the checked-out pull request). It writes `<out>/report.md`.
-`.github/workflows/pr-report.yml` runs it on every pull request and posts the report as a comment.
+"Now" is the workspace (in CI: the checked-out pull request). It writes `<out>/report.md`; with
+`--post PR` it also posts it on that pull request as its own comment, found again by a hidden
+marker and edited on later pushes (fat/tools/ghcomment.py: no other comment is touched).
+`.github/workflows/pr-report.yml` runs it on every pull request.
 Runs with only the standard library and DVC installed (`python -m fat.tools.prreport`).
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEADLINE = ("metrics/ensemble.json", ("lwlrap", "test_lwlrap"))
+HEADLINE = ("metrics/summary.json", ("ensemble.oof_lwlrap", "ensemble.test_lwlrap"))
 
 
 def dvc(args: list[str], repo: Path) -> str:
@@ -102,12 +104,22 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", type=Path, default=Path("."), help="the project's repository (default: .)")
     p.add_argument("--plots-url", default=None, help="where the plots page will be published (e.g. the CI run's "
                                                      "artifacts); linked instead of the local path")
+    p.add_argument("--post", type=int, default=None, metavar="PR",
+                   help="also post the report on pull request PR: its own comment (hidden marker) is edited, "
+                        "or created when absent; needs GITHUB_TOKEN and GITHUB_REPOSITORY (GITHUB_API_URL optional)")
 
 
 def _run(args) -> int:
+    from fat.tools import ghcomment
+
     try:
+        client = ghcomment.Client.from_env() if args.post is not None else None  # bad settings fail before the work
         report = build(args.base, args.repo, args.out, args.plots_url)
-    except RuntimeError as e:
+        if client is not None:
+            action, comment = client.post_report(args.post, report.read_text())
+            print(f"fat pr-report: {action} comment {comment.get('html_url') or comment.get('id')} on #{args.post}",
+                  file=sys.stderr)
+    except RuntimeError as e:  # dvc failures and GitHub API errors
         print(f"fat pr-report: error: {e}", file=sys.stderr)
         return 2
     print(report)

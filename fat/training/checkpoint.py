@@ -1,7 +1,9 @@
 """Training checkpoints that make a killed stage resume where it stopped.
 
 `fit` saves model, optimiser, scheduler, AMP scaler, every RNG state, the epoch and the history
-after each epoch, atomically. The checkpoint carries a fingerprint of everything that determines
+after each epoch, atomically, and reads it back with `torch.load(weights_only=True)` (tensors and
+plain values only: a crafted file is refused, never run). The checkpoint carries a fingerprint of
+everything that determines
 the run (params, the input files' hashes); a checkpoint whose fingerprint differs — left by an
 older version of the experiment — is ignored, never resumed. On success the checkpoint is deleted.
 Checkpoints live under `data/checkpoints/`, which no stage declares as an output, so DVC leaves
@@ -50,8 +52,18 @@ class Checkpointer:
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except (pickle.UnpicklingError, EOFError, RuntimeError, OSError) as e:  # reported, then ignored:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and plain values
+            from fat.training.models import unpickling_problem
+
+            why = unpickling_problem(e)
+            if "Unsupported global" in why:
+                log.warning("%s: checkpoint refused and ignored: it is not a plain weights file, and loading it "
+                            "could run code (%s)", self.path, why)
+            else:
+                log.warning("%s: unreadable checkpoint ignored (%s)", self.path, why)
+            return None
+        except (EOFError, RuntimeError, OSError) as e:  # reported, then ignored:
             # a checkpoint only saves time; a truncated or foreign file must not stop the stage
             log.warning("%s: unreadable checkpoint ignored (%s)", self.path, e)
             return None

@@ -158,9 +158,42 @@ def save(path, model: AudioCNN, cfg: Model, classes, n_mels: int, extra: dict | 
                     "n_mels": n_mels, **(extra or {})}, tmp)
 
 
+def unpickling_problem(e: Exception) -> str:
+    """The line of torch's weights-only refusal that says what it met (e.g. "Unsupported global:
+    GLOBAL os.system …"), without its advice on how to load the file unsafely."""
+    import re
+
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if m:
+        return m.group(1).split(". Please")[0].strip()
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """A saved model's contents, read with `torch.load(weights_only=True)`: tensors and plain
+    Python values only. A file that would run code when unpickled (a crafted or foreign pickle, e.g.
+    one pulled from a shared remote) is refused with an error naming it; nothing in it runs."""
+    import pickle
+
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = unpickling_problem(e)
+        if "Unsupported global" in why:
+            raise ValueError(f"{path}: refused to load: it is not a plain weights file (tensors and plain values "
+                             f"only), and loading it could run code ({why})") from None
+        raise ValueError(f"{path}: not a readable model file ({why})") from None
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable model file ({e})") from None
+    if not isinstance(ckpt, dict) or not {"state_dict", "model_cfg", "classes", "n_mels"} <= set(ckpt):
+        raise ValueError(f"{path}: not a fat model file (expected state_dict, model_cfg, classes, n_mels)")
+    return ckpt
+
+
 def load(path, map_location="cpu", classes=None) -> tuple[AudioCNN, dict]:
     """Rebuild a saved model; with `classes`, the checkpoint must predict exactly that vocabulary."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = read_checkpoint(path, map_location)
     if classes is not None and list(ckpt["classes"]) != list(classes):
         raise ValueError(f"{path}: the model was trained on other classes than the current vocabulary "
                          f"({len(ckpt['classes'])} vs {len(classes)} classes); retrain it")
@@ -171,7 +204,7 @@ def load(path, map_location="cpu", classes=None) -> tuple[AudioCNN, dict]:
 
 def load_backbone(model: AudioCNN, path) -> None:
     """Initialise everything but the last classifier layer from a checkpoint (transfer)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path)
     own = model.state_dict()
     shared = {k: v for k, v in ckpt["state_dict"].items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in shared and not k.startswith(("head.4.", "attention.att.", "attention.cla."))]

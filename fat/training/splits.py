@@ -8,12 +8,7 @@ import pandas as pd
 from fat.data import tables as data
 from fat.features.store import FeatureStore
 from fat.io import load_predictions
-from fat.layout import Layout
-
-
-def member_seed(seed: int, fold: int) -> int:
-    """Fold k of every family starts from the same seed, so families are compared paired."""
-    return int(seed) * 100 + int(fold)
+from fat.layout import Layout, member_seed  # noqa: F401  (re-exported; in fat.layout for the torch-free model card)
 
 
 def curated_split(layout: Layout, fold: int):
