@@ -284,13 +284,17 @@ class Features(Section):
     n_mels: int = knob(64, ">= 1", lambda v: v >= 1)
     fmin: float = knob(20.0, ">= 0", lambda v: v >= 0)
     fmax: float | None = knob(None, "> 0 (null = sample_rate / 2)", lambda v: v > 0)
+    top_db: float | None = knob(80.0, ">= 0 (null = no floor)", lambda v: v >= 0)
     dtype: str = knob("float16", choices=("float16", "float32"))
 
     def log_mel_kwargs(self, audio: Audio) -> dict:
         """The keyword arguments of `fat.features.logmel.log_mel` (also a store's meta.json)."""
         sr = audio.sample_rate
-        return dict(sr=sr, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels, fmin=self.fmin,
-                    fmax=float(self.fmax or sr / 2))
+        kw = dict(sr=sr, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels, fmin=self.fmin,
+                  fmax=float(self.fmax or sr / 2))
+        if self.top_db is not None:  # absent = no floor, as stores written without it
+            kw["top_db"] = float(self.top_db)
+        return kw
 
 
 @dataclass(frozen=True)

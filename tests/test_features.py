@@ -18,13 +18,13 @@ from fat.features.store import FeatureStore, StoreWriter
 from fat.params import Audio, Features
 
 
-def _reference(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax):
+def _reference(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax, top_db=None):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "n_fft=.* is too large", UserWarning)  # clips shorter than n_fft
         mel = librosa.feature.melspectrogram(
             y=y, sr=sr, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, fmin=fmin, fmax=fmax, power=2.0
         )
-    return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+    return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=top_db)
 
 
 def _signal(sr, dur, seed=0, dtype=np.float32):
@@ -108,6 +108,32 @@ def test_log_mel_matches_librosa_on_hard_signals(sr, n_fft, hop, n_mels, fmin, f
     np.testing.assert_allclose(silent, -100.0, atol=1e-4)  # the amin floor
 
 
+@pytest.mark.parametrize("top_db", [80.0, 35.0, 0.0])
+def test_top_db_floor_matches_librosa(top_db):
+    """`top_db` floors each clip at its own maximum minus top_db, as librosa.power_to_db does: digital
+    silence (here the second half of a tone) rises from the -100 dB power floor to that level."""
+    sr, kw = 22050, dict(n_fft=1024, hop_length=512, n_mels=64, fmin=20.0, fmax=11025.0)
+    for name, y in _zoo(sr).items():
+        ref = _reference(y, sr, **kw, top_db=top_db)
+        got = logmel.log_mel(y, sr, **kw, top_db=top_db)
+        assert np.abs(got - ref).max() <= 1e-3, name
+        assert np.array_equal(logmel.log_mel_frames(y, sr, **kw, top_db=top_db), got.T), name
+        assert got.min() >= got.max() - top_db - 1e-4, name
+    y = _zoo(sr)["tone_then_silence"]
+    plain = logmel.log_mel(y, sr, **kw)
+    floored = logmel.log_mel(y, sr, **kw, top_db=top_db)
+    assert plain.min() == pytest.approx(-100.0, abs=1e-3)  # without the floor the silence sits at amin
+    assert floored.min() == pytest.approx(plain.max() - top_db, abs=1e-4)
+    loud = plain >= plain.max() - top_db
+    assert np.array_equal(floored[loud], plain[loud])  # nothing above the floor moves
+
+
+def test_top_db_must_not_be_negative():
+    with pytest.raises(ValueError, match="top_db"):
+        logmel.log_mel(np.ones(2048), 22050, n_fft=1024, hop_length=512, n_mels=64, fmin=20.0, fmax=None,
+                       top_db=-1.0)
+
+
 @pytest.mark.parametrize("sr,n_fft,hop,n_mels,fmin,fmax", ZOO_PARAMS[:2], ids=lambda v: str(v))
 def test_torch_path_matches_librosa(sr, n_fft, hop, n_mels, fmin, fmax):
     """The CUDA path (plain torch ops) is checked here on the CPU."""
@@ -180,7 +206,9 @@ def test_log_mel_matches_librosa_for_float64_input():
 
 def test_log_mel_kwargs_from_the_audio_and_features_sections():
     kw = Features(n_fft=1024, hop_length=512, n_mels=64, fmin=20, fmax=None).log_mel_kwargs(Audio(sample_rate=22050))
-    assert kw == dict(sr=22050, n_fft=1024, hop_length=512, n_mels=64, fmin=20.0, fmax=11025.0)
+    assert kw == dict(sr=22050, n_fft=1024, hop_length=512, n_mels=64, fmin=20.0, fmax=11025.0, top_db=80.0)
+    off = Features(top_db=None).log_mel_kwargs(Audio(sample_rate=22050))
+    assert "top_db" not in off  # no floor: the keyword is left out, as in stores written before it existed
     assert isinstance(kw["sr"], int) and isinstance(kw["fmin"], float) and isinstance(kw["fmax"], float)
     kw2 = Features(n_fft=2048, hop_length=512, n_mels=128, fmin=0, fmax=16000).log_mel_kwargs(Audio(sample_rate=44100))
     assert kw2["sr"] == 44100 and kw2["fmax"] == 16000.0

@@ -1,5 +1,7 @@
 """Log-mel features: `log_mel` is numerically the librosa definition (power mel spectrogram of a
-centred, zero-padded, periodic-Hann STFT, in dB with ref 1.0, amin 1e-10, no top_db) computed faster:
+centred, zero-padded, periodic-Hann STFT, in dB with ref 1.0, amin 1e-10, and, when `top_db` is
+given, floored at the clip's maximum minus `top_db` as `librosa.power_to_db(top_db=...)` does)
+computed faster:
 
 - frames are transformed 16 at a time straight from the signal (no framed copy), in float64 like
   librosa: a float32 FFT is not enough for the contract, since its rounding noise (about 1e-7 of
@@ -163,39 +165,57 @@ def _mel_frames_torch(y: np.ndarray, bank: MelBank, n_fft: int, hop_length: int,
     return _to_db(torch.cat(out).cpu().numpy())
 
 
-def _log_mel(y, sr, n_fft, hop_length, n_mels, fmin, fmax, device, frames_major: bool) -> np.ndarray:
+def floor_top_db(mel: np.ndarray, top_db: float | None) -> np.ndarray:
+    """`mel` (dB) floored at its maximum minus `top_db`, in place (librosa.power_to_db's top_db;
+    None leaves it as it is). Real recordings often hold digital silence, which sits at the -100 dB
+    power floor far below anything audible in the clip; the floor makes it the clip's own quietest
+    level instead."""
+    if top_db is None:
+        return mel
+    if top_db < 0:
+        raise ValueError(f"top_db must be non-negative, got {top_db}")
+    if mel.size:
+        np.maximum(mel, mel.max() - np.float32(top_db), out=mel)
+    return mel
+
+
+def _log_mel(y, sr, n_fft, hop_length, n_mels, fmin, fmax, device, frames_major: bool,
+             top_db: float | None = None) -> np.ndarray:
     y = _check_signal(y)
     if n_fft < 2 or hop_length < 1:
         raise ValueError(f"log_mel needs n_fft >= 2 and hop_length >= 1, got {n_fft} and {hop_length}")
+    if top_db is not None and top_db < 0:
+        raise ValueError(f"log_mel needs top_db >= 0 or None, got {top_db}")
     fmax = float(sr) / 2 if fmax is None else fmax  # librosa's default
     bank = mel_bank(int(sr), int(n_fft), int(n_mels), float(fmin), float(fmax))
     if device is not None and torch.device(device).type != "cpu":
-        mel = _mel_frames_torch(y, bank, int(n_fft), int(hop_length), device)
+        mel = floor_top_db(_mel_frames_torch(y, bank, int(n_fft), int(hop_length), device), top_db)
         return mel if frames_major else np.ascontiguousarray(mel.T)
     total = n_frames(len(y), int(n_fft), int(hop_length))
     # The kernel writes either layout directly (no transposed copy afterwards).
     shape = (total, len(bank.dense))
     mel = np.empty(shape if frames_major else shape[::-1], np.float32)
     _mel_frames_cpu(y, bank, int(n_fft), int(hop_length), mel if frames_major else mel.T)
-    return mel
+    return floor_top_db(mel, top_db)
 
 
-def log_mel_frames(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax, device=None) -> np.ndarray:
+def log_mel_frames(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax, top_db=None, device=None) -> np.ndarray:
     """`log_mel` transposed: float32 (frames, n_mels), the feature store's layout. `device`:
     None or CPU for the compiled CPU path, a CUDA device for the torch path."""
-    return _log_mel(y, sr, n_fft, hop_length, n_mels, fmin, fmax, device, frames_major=True)
+    return _log_mel(y, sr, n_fft, hop_length, n_mels, fmin, fmax, device, frames_major=True, top_db=top_db)
 
 
-def log_mel(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax, device=None) -> np.ndarray:
-    """Power mel spectrogram in dB (ref 1.0, amin 1e-10, no top_db): float32 (n_mels, frames),
-    equal within 1e-3 dB to librosa.power_to_db(librosa.feature.melspectrogram(power=2.0))."""
-    return _log_mel(y, sr, n_fft, hop_length, n_mels, fmin, fmax, device, frames_major=False)
+def log_mel(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax, top_db=None, device=None) -> np.ndarray:
+    """Power mel spectrogram in dB (ref 1.0, amin 1e-10; with `top_db`, floored at the maximum
+    minus top_db): float32 (n_mels, frames), equal within 1e-3 dB to
+    librosa.power_to_db(librosa.feature.melspectrogram(power=2.0), top_db=top_db)."""
+    return _log_mel(y, sr, n_fft, hop_length, n_mels, fmin, fmax, device, frames_major=False, top_db=top_db)
 
 
-def librosa_log_mel(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax) -> np.ndarray:
+def librosa_log_mel(y, sr, *, n_fft, hop_length, n_mels, fmin, fmax, top_db=None) -> np.ndarray:
     """The reference definition, straight from librosa (used by tests and `fat bench`)."""
     import librosa
 
     mel = librosa.feature.melspectrogram(y=np.asarray(y), sr=sr, n_fft=n_fft, hop_length=hop_length,
                                          n_mels=n_mels, fmin=fmin, fmax=fmax, power=2.0)
-    return librosa.power_to_db(mel, ref=1.0, amin=_AMIN, top_db=None).astype(np.float32)
+    return librosa.power_to_db(mel, ref=1.0, amin=_AMIN, top_db=top_db).astype(np.float32)

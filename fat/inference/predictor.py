@@ -96,7 +96,9 @@ class Predictor:
         self.card, self.root = card, Path(root)
         self.classes = list(card["classes"])
         try:  # the card's sections, typed and checked as params.yaml's are
-            audio, features = Audio.build(card["audio"], "audio"), Features.build(card["features"], "features")
+            audio = Audio.build(card["audio"], "audio")
+            # a card written before features.top_db existed describes stores without a floor
+            features = Features.build({"top_db": None, **card["features"]}, "features")
             self.tta = None if card["tta"] is None else Tta.build(card["tta"], "tta")
             augment = Augment.build(card["augment"], "augment")
         except ParamsError as e:

@@ -18,7 +18,7 @@ class LogMel(nn.Module):
     """(samples,) float32 waveform -> (n_mels, frames) log-mel dB, the feature store's values."""
 
     def __init__(self, sr: int, n_fft: int, hop_length: int, n_mels: int, fmin: float, fmax: float,
-                 dtype: str = "float16"):
+                 dtype: str = "float16", top_db: float | None = None):
         super().__init__()
         bins = n_fft // 2 + 1
         n = np.arange(n_fft)[:, None]
@@ -31,6 +31,7 @@ class LogMel(nn.Module):
         self.register_buffer("mel", torch.from_numpy(mel.T.astype(np.float64)))  # (bins, n_mels)
         self.register_buffer("offsets", torch.arange(n_fft, dtype=torch.int64))
         self.n_fft, self.hop, self.bins = int(n_fft), int(hop_length), bins
+        self.top_db = None if top_db is None else float(top_db)
         self.round_to_half = np.dtype(dtype) == np.float16
         if np.dtype(dtype) not in (np.float16, np.float32):
             raise ValueError(f"features.dtype must be float16 or float32, got {dtype}")
@@ -44,6 +45,8 @@ class LogMel(nn.Module):
         power = spec[:, : self.bins] * spec[:, : self.bins] + spec[:, self.bins :] * spec[:, self.bins :]
         mel = (power @ self.mel).to(torch.float32)
         db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+        if self.top_db is not None:  # the clip's floor: its maximum minus top_db (float32, as the stores)
+            db = torch.maximum(db, db.max() - self.top_db)
         if self.round_to_half:
             db = db.to(torch.float16).to(torch.float32)
         return db.transpose(0, 1)
@@ -127,7 +130,8 @@ def build(predictor, trace: bool = False) -> Tagger:
     """The eager module of a loaded predictor's card. With `trace`, every CNN is traced first (for
     TorchScript: the model code itself is not scriptable), on an example batch of its crop length."""
     kw = predictor.kw
-    front = LogMel(kw["sr"], kw["n_fft"], kw["hop_length"], kw["n_mels"], kw["fmin"], kw["fmax"], predictor.dtype)
+    front = LogMel(kw["sr"], kw["n_fft"], kw["hop_length"], kw["n_mels"], kw["fmin"], kw["fmax"], predictor.dtype,
+                   top_db=kw.get("top_db"))
     families = []
     for fam in predictor.kept:
         folds = []
