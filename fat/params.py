@@ -333,7 +333,7 @@ class Train(Section):
     warmup: float = knob(0.2, "between 0 and 1 (exclusive)", lambda v: 0 < v < 1)
     num_workers: int = knob(0, ">= 0", lambda v: v >= 0)
     compile: bool = knob(False)
-    eval_every: int = knob(1, ">= 1", lambda v: v >= 1)
+    eval_every: int = knob(4, ">= 1", lambda v: v >= 1)
     optimizer: str = knob("adam", choices=OPTIMIZERS)
     min_steps: int = knob(256, ">= 0 (0 = epochs as set)", lambda v: v >= 0)  # a floor on the optimiser steps
     stretch: float = knob(0.0, ">= 0 (0 disables random-resized crops)", lambda v: v >= 0)
@@ -427,7 +427,7 @@ class Retrain(Family):
 
 
 def _pretrain_default() -> Family:
-    return Family(overrides=types.MappingProxyType({"epochs": 8, "lr": 0.002, "eval_every": 2}))
+    return Family(overrides=types.MappingProxyType({"epochs": 8, "lr": 0.002, "eval_every": 4}))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Stage `ensemble`: correlation-filtered combination of the families -> data/submission.csv, the model
+"""Stage `ensemble`: each family's scores (metrics/<family>.json), the correlation-filtered
+combination of the families -> data/submission.csv, the model
 bundle data/models/ensemble (model card + fold models, what `fat predict` uses) and the headline
 metrics file metrics/summary.json (what `dvc exp show` and `dvc metrics diff` lead with)."""
 import argparse
@@ -7,9 +8,10 @@ import pandas as pd
 
 from fat import log, params
 from fat.data import tables as data
-from fat.evaluation import bundle, ensemble, plots, summary
+from fat.evaluation import bundle, ensemble, plots, scoring, summary
 from fat.io import write_csv, write_json
 from fat.layout import Layout
+from fat.params import FOLD_FAMILIES
 
 LAYOUT = Layout()
 
@@ -18,6 +20,11 @@ def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
     logger = log.stage("ensemble")
     p = params.load()
+    for family in FOLD_FAMILIES:  # scored here, not in a stage of their own: one stage start-up instead of four
+        scores = scoring.score_family(family, list(p.cv.folds))
+        write_json(LAYOUT.metrics(family), scores)
+        logger.info("%s: OOF lwlrap %s (TTA %s), test %s", family, scores["oof_lwlrap"], scores["oof_lwlrap_tta"],
+                    scores.get("test_lwlrap", "-"))
     result, submission, per_class = ensemble.run(p.ensemble, p.cv.folds, p.seed)
     folds = result.pop("folds")  # OOF lwlrap per member and fold: a table and a figure, not more metrics
     bundle.write(p, data.vocabulary(LAYOUT.raw), result, LAYOUT)

@@ -257,6 +257,24 @@ def test_fit_with_loader_workers_equals_in_process_loading(problem):
         assert torch.equal(v, m1.state_dict()[k]), k
 
 
+def test_validation_does_not_change_what_is_trained(problem):
+    """How often validation runs (`train.eval_every`) changes the curves, never the weights: it takes
+    no random numbers and leaves BatchNorm and dropout as they were, so validating less is free."""
+    store, targets = problem
+    tr, va = np.arange(0, 36), np.arange(36, 48)
+    weights = []
+    for every in (1, 3):
+        model = new_model(2)
+        data = train.CropDataset(store, tr, targets[tr], LENGTH, seed=2)
+        hist = train.fit(model, data, train=Train(**{**TRAIN_CFG, "epochs": 4, "eval_every": every}),
+                         mixup=Mixup(alpha=0.4), augment=Augment(**AUGMENT), seed=2, device=CPU,
+                         validate=lambda m: train.evaluate(m, store, va, targets[va], LENGTH, device=CPU))
+        assert sum("val_lwlrap" in h for h in hist) == (4 if every == 1 else 2)
+        weights.append(model.state_dict())
+    for k, v in weights[0].items():
+        assert torch.equal(v, weights[1][k]), k
+
+
 def test_fit_eval_every_and_without_validation(problem):
     store, targets = problem
     tr = np.arange(0, 36)
