@@ -314,7 +314,7 @@ class Model(Section):
 
     channels: tuple[str, ...] = knob(("mel",), f"a non-empty list of {list(MODEL_CHANNELS)}", lambda v: len(v) > 0,
                                      choices=MODEL_CHANNELS)
-    base_channels: int = knob(8, ">= 1", lambda v: v >= 1)
+    base_channels: int = knob(16, ">= 1", lambda v: v >= 1)
     n_blocks: int = knob(4, ">= 1", lambda v: v >= 1)
     dropout: float = knob(0.3, "between 0 and 1 (exclusive of 1)", lambda v: 0 <= v < 1)
     input_norm: str = knob("global", choices=MODEL_INPUT_NORMS)  # BatchNorm per channel, per mel band, or per clip
@@ -427,7 +427,11 @@ class Retrain(Family):
 
 
 def _pretrain_default() -> Family:
-    return Family(overrides=types.MappingProxyType({"epochs": 8, "lr": 0.002, "eval_every": 4}))
+    return Family(overrides=types.MappingProxyType({"epochs": 6, "lr": 0.002, "eval_every": 4}))
+
+
+def _retrain_default() -> Retrain:
+    return Retrain(overrides=types.MappingProxyType({"epochs": 10}))
 
 
 @dataclass(frozen=True)
@@ -488,7 +492,7 @@ class Params(Section):
     pretrain: Family = field(default_factory=_pretrain_default)
     finetune: Family = Family()
     pseudo: Pseudo = Pseudo()
-    retrain: Retrain = Retrain()
+    retrain: Retrain = field(default_factory=_retrain_default)
     tta: Tta = Tta()
     ensemble: Ensemble = Ensemble()
 
