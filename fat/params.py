@@ -36,6 +36,9 @@ BAD_AUDIO_POLICIES = ("error", "skip")
 MODEL_INPUT_NORMS = ("global", "band", "clip")
 MODEL_HEADS = ("meanmax", "attention")
 OPTIMIZERS = ("adam", "adamw")
+NOISY_LOSSES = ("bce", "lsoft")
+NOISY_PREFIXES = ("noisy_", "lsoft_", "relabelled_", "mixmatch_")  # the Train keys of fat/training/noisy.py
+NOISY_FAMILIES = ("retrain",)  # the families whose stage reads the noisy set and pseudo@k (fat/training/noisy.py)
 
 
 class ParamsError(DataError):
@@ -339,6 +342,40 @@ class Train(Section):
     stretch: float = knob(0.0, ">= 0 (0 disables random-resized crops)", lambda v: v >= 0)
     label_smoothing: float = knob(0.0, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
     ema_decay: float = knob(0.0, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
+    # the noisy-set methods (fat/training/noisy.py), retrain family only; each off by default
+    noisy_share: float = knob(0.0, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
+    noisy_head: bool = knob(False)  # the raw noisy clips train a second head (joint training)
+    noisy_loss: str = knob("bce", choices=NOISY_LOSSES)  # the loss of noisy-set rows: bce or lsoft
+    lsoft_beta: float = knob(0.7, "between 0 and 1", _between(0, 1))
+    relabelled_share: float = knob(0.0, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
+    mixmatch_weight: float = knob(0.0, ">= 0 (0 = off)", lambda v: v >= 0)
+    mixmatch_k: int = knob(2, ">= 1", lambda v: v >= 1)
+    mixmatch_temperature: float = knob(0.5, "> 0", lambda v: v > 0)
+    mixmatch_alpha: float = knob(0.75, "> 0", lambda v: v > 0)
+    mixmatch_rampup: float = knob(0.4, "between 0 and 1", _between(0, 1))
+
+    def __post_init__(self):
+        super().__post_init__()
+        problems = []
+        if self.noisy_share + self.relabelled_share >= 1:
+            problems.append(f"{self.SECTION}.noisy_share + relabelled_share must be below 1 (the rest of each batch "
+                            f"is curated), got {self.noisy_share} + {self.relabelled_share}")
+        if self.noisy_head and self.noisy_share == 0:
+            problems.append(f"{self.SECTION}.noisy_head needs noisy_share > 0 (the share of raw noisy clips it "
+                            f"trains on)")
+        if self.noisy_loss != "bce" and self.noisy_share == 0 and self.relabelled_share == 0:
+            problems.append(f"{self.SECTION}.noisy_loss {self.noisy_loss} needs noisy_share or relabelled_share > 0 "
+                            f"(the noisy-set rows it applies to)")
+        if self.mixmatch_weight > 0 and self.noisy_loss != "bce":
+            problems.append(f"{self.SECTION}.mixmatch_weight > 0 needs noisy_loss bce (MixMatch mixes the noisy-set "
+                            f"rows with the others)")
+        if problems:
+            raise ParamsError(*problems)
+
+    def noisy_keys(self) -> list[str]:
+        """The noisy-set settings that differ from their defaults (fat/training/noisy.py)."""
+        return [f.name for f in dataclasses.fields(self)
+                if f.name.startswith(NOISY_PREFIXES) and getattr(self, f.name) != f.default]
 
 
 @dataclass(frozen=True)
@@ -431,7 +468,9 @@ def _pretrain_default() -> Family:
 
 
 def _retrain_default() -> Retrain:
-    return Retrain(overrides=types.MappingProxyType({"epochs": 10}))
+    """The shipped `retrain` section: 10 epochs, and the noisy-set settings (off), which only it may set."""
+    noisy = {f.name: f.default for f in dataclasses.fields(Train) if f.name.startswith(NOISY_PREFIXES)}
+    return Retrain(overrides=types.MappingProxyType({"epochs": 10, **noisy}))
 
 
 @dataclass(frozen=True)
@@ -518,7 +557,10 @@ class Params(Section):
         super().__post_init__()
         check_folds(self.cv)
         for family in ("baseline", "pretrain", "finetune", "retrain"):
-            self.train_for(family)  # the merged settings are checked too
+            keys = self.train_for(family).noisy_keys()  # the merged settings are checked too
+            if keys and family not in NOISY_FAMILIES:
+                raise ParamsError(f"params.yaml: {family}: train.{keys[0]} is a setting of the {list(NOISY_FAMILIES)} "
+                                  f"family only (its stage reads the noisy set and pseudo@k); set it under retrain:")
 
     def train_for(self, family: str) -> Train:
         """The `train` settings of `family`: the shared section with the family's overrides."""

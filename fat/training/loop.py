@@ -35,7 +35,7 @@ from fat.evaluation.predict import predict_windows
 from fat.features.store import FeatureStore
 from fat.log import progress
 from fat.params import Augment, Mixup, Train
-from fat.training import augment, dist
+from fat.training import augment, dist, noisy
 from fat.training.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
@@ -175,13 +175,16 @@ class TrainLoop:
     `state()` / `restore(state)` carry everything that determines the rest of the run."""
 
     def __init__(self, model, data, *, train: Train, mixup: Mixup, augment: Augment, seed: int, device,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, extra: noisy.Parts | None = None):
         if len(data) == 0:
             raise ValueError("no training data: the dataset is empty")
         self.model, self.data, self.device = model, data, torch.device(device)
         self.rank, self.world = int(rank), int(world)
         self.epochs = train.epochs
-        self.batch_size = min(train.batch_size, len(data))  # global: shared by the ranks
+        # the noisy-set methods (fat.training.noisy) draw part of each batch from `extra`
+        self.noisy = (noisy.NoisyStep(model, extra, train=train, seed=seed, device=self.device, world=world)
+                      if extra is not None else None)
+        self.batch_size = min(train.batch_size if self.noisy is None else self.noisy.curated_batch, len(data))
         self.loader = make_loader(data, self.batch_size, seed=seed, device=self.device,
                                   num_workers=train.num_workers, rank=rank, world=world)
         if len(self.loader) == 0:
@@ -189,9 +192,12 @@ class TrainLoop:
         # small training sets: more epochs, so that the schedule has at least train.min_steps steps
         self.epochs = max(self.epochs, -(-train.min_steps // len(self.loader)))
         opt_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
-        self.opt = opt_cls(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        params = model.parameters() if self.noisy is None else [*model.parameters(), *self.noisy.parameters()]
+        self.opt = opt_cls(params, lr=train.lr, weight_decay=train.weight_decay)
         self.sched = torch.optim.lr_scheduler.OneCycleLR(
             self.opt, max_lr=train.lr, total_steps=self.epochs * len(self.loader), pct_start=train.warmup)
+        if self.noisy is not None:
+            self.noisy.total_steps = self.epochs * len(self.loader)
         self.rng = np.random.default_rng([seed, 7] if world == 1 else [seed, 7, rank])
         self.mixup_alpha = mixup.alpha
         self.mix_epochs = int(np.ceil(mixup.until * self.epochs))  # mixing (mixup, concat) in epochs < this
@@ -222,6 +228,8 @@ class TrainLoop:
         wait = 0.0
         total = torch.zeros((), device=self.device)
         batches = iter(self.loader)
+        if self.noisy is not None:
+            self.noisy.start_epoch(epoch)
         while True:
             t = time.perf_counter()
             batch = next(batches, None)
@@ -229,15 +237,18 @@ class TrainLoop:
             if batch is None:
                 break
             x, y = (v.to(self.device, non_blocking=True) for v in batch)
-            if self.p_mask > 0 and self.rng.uniform() < self.p_mask:
-                x = augment.spec_augment(x, self.rng, **self.mask_kw)
-            if epoch < self.mix_epochs:
-                x, y = augment.concat_mix(x, y, self.concat_p, self.rng)
-                x, y = augment.mixup(x, y, self.mixup_alpha, self.rng)
-            if self.smoothing > 0:
-                y = y * (1 - self.smoothing) + 0.5 * self.smoothing
-            with self.autocast:
-                loss = self.loss_fn(self.forward(x).float(), y)
+            if self.noisy is not None:
+                loss = self.noisy.loss(self, x, y)
+            else:
+                if self.p_mask > 0 and self.rng.uniform() < self.p_mask:
+                    x = augment.spec_augment(x, self.rng, **self.mask_kw)
+                if epoch < self.mix_epochs:
+                    x, y = augment.concat_mix(x, y, self.concat_p, self.rng)
+                    x, y = augment.mixup(x, y, self.mixup_alpha, self.rng)
+                if self.smoothing > 0:
+                    y = y * (1 - self.smoothing) + 0.5 * self.smoothing
+                with self.autocast:
+                    loss = self.loss_fn(self.forward(x).float(), y)
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
@@ -267,7 +278,8 @@ class TrainLoop:
                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
                 "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "ema": None if self.ema is None else self.ema.state_dict()}
+                "ema": None if self.ema is None else self.ema.state_dict(),
+                **({} if self.noisy is None else {"noisy": self.noisy.state_dict()})}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -277,6 +289,8 @@ class TrainLoop:
         self.rng.bit_generator.state = state["numpy_rng"]
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.noisy is not None:
+            self.noisy.load_state_dict(state["noisy"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -284,7 +298,7 @@ class TrainLoop:
 
 def fit(model, data: CropDataset, *, train: Train, mixup: Mixup, augment: Augment, seed: int,
         device, validate=None, desc: str = "train", on_epoch=None,
-        checkpoint: Checkpointer | None = None) -> list[dict]:
+        checkpoint: Checkpointer | None = None, extra: noisy.Parts | None = None) -> list[dict]:
     """Train `model` in place for `train.epochs` epochs (more if
     `train.min_steps` asks for them: `len(history)` is the count trained). `validate(model) -> dict` is called
     every `eval_every` epochs (and after the last); `on_epoch(record)` (e.g. fat.training.track's DVCLive
@@ -296,13 +310,14 @@ def fit(model, data: CropDataset, *, train: Train, mixup: Mixup, augment: Augmen
     averaged over ranks, and rank 0 validates and shares the figures.
     With `checkpoint`, the full training state is saved after every epoch (rank 0) and a matching
     checkpoint is resumed from, giving the same result as an uninterrupted run (the resumed epochs'
-    records are replayed to `on_epoch`)."""
+    records are replayed to `on_epoch`). `extra` (fat.training.noisy.Parts): noisy-set parts of
+    every batch, as `train`'s noisy-set settings say."""
     eval_every = train.eval_every
     world, rank = (td.get_world_size(), td.get_rank()) if dist.active() else (1, 0)
     seed_everything(seed)
     model.to(device)
     loop = TrainLoop(model, data, train=train, mixup=mixup, augment=augment, seed=seed, device=device, rank=rank,
-                     world=world)
+                     world=world, extra=extra)
     history: list[dict] = []
     start = 0
     state = checkpoint.load() if checkpoint is not None else None

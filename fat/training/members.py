@@ -3,7 +3,8 @@
   pretrain   the whole noisy set with its own (unreliable) labels; scored on the curated set
   baseline   curated train folds, from scratch
   finetune   curated train folds, initialised from the pretrained weights (transfer)
-  retrain    curated train folds + the fold's pseudo-labelled noisy clips (pseudo@k)
+  retrain    curated train folds + the fold's pseudo-labelled noisy clips (pseudo@k); optionally the
+             noisy-set methods of fat.training.noisy (noisy head, L-soft, relabelled share, MixMatch)
 
 Every family trains through one skeleton (`_train`: checkpointed `fit` with per-epoch validation
 and DVCLive curves, then `model.pt` and the training history); the families differ only in what
@@ -29,7 +30,7 @@ from fat.features.store import FeatureStore
 from fat.io import save_predictions, write_csv
 from fat.layout import Layout
 from fat.params import FOLD_FAMILIES, Params, Train
-from fat.training import dist, models, track
+from fat.training import dist, models, noisy, track
 from fat.training.checkpoint import Checkpointer, for_run
 from fat.training.loop import CropDataset, evaluate, fit, seed_everything
 from fat.training.splits import curated_split, load_pseudo, member_seed
@@ -51,6 +52,7 @@ class Run:
     val: tuple[FeatureStore, np.ndarray, np.ndarray]  # store, rows, targets
     curves: Path
     inputs: list[Path] = field(default_factory=list)
+    extra: noisy.Parts | None = None  # noisy-set parts of every batch (fat.training.noisy), None = off
 
 
 def history_frame(history: list[dict]) -> pd.DataFrame:
@@ -82,7 +84,8 @@ def _train(run: Run, p: Params, layout: Layout, device) -> tuple[list[dict], dic
 
     with track.curves(run.curves, enabled=dist.is_main()) as on_epoch:
         history = fit(run.model, run.data, train=run.train, mixup=p.mixup, augment=p.augment, seed=run.seed,
-                      device=device, validate=validate, desc=run.name, on_epoch=on_epoch, checkpoint=ckpt)
+                      device=device, validate=validate, desc=run.name, on_epoch=on_epoch, checkpoint=ckpt,
+                      extra=run.extra)
     if not dist.is_main():
         return None
     return history, last, ckpt  # fit validates after the last epoch
@@ -111,17 +114,24 @@ def train_member(family: str, fold: int, p: Params, layout: Layout = Layout()) -
         inputs.append(layout.pretrain / "model.pt")
     datasets = [CropDataset(store, tr_rows, tr_y, train.crop_frames, seed, stretch=train.stretch)]
     n_pseudo = 0
+    extra = None
     if family == "retrain":
         inputs += [layout.pseudo(fold) / "labels.csv", *_feature_index(layout, "noisy")]
         p_fnames, p_y = load_pseudo(layout, fold, classes)
+        pseudo_data = None
         if len(p_fnames):
-            noisy = FeatureStore.open(layout.features("noisy"))
-            datasets.append(CropDataset(noisy, noisy.position(p_fnames), p_y, train.crop_frames, seed + 1,
-                                        stretch=train.stretch))
+            noisy_store = FeatureStore.open(layout.features("noisy"))
+            pseudo_data = CropDataset(noisy_store, noisy_store.position(p_fnames), p_y, train.crop_frames, seed + 1,
+                                      stretch=train.stretch)
             n_pseudo = len(p_fnames)
+        if noisy.active(train):  # the noisy-set methods: parts drawn at set shares of each batch
+            extra = _noisy_parts(train, layout, classes, seed, pseudo_data)
+            inputs.append(layout.raw / "train_noisy.csv")
+        if pseudo_data is not None and (extra is None or extra.relabelled is None):
+            datasets.append(pseudo_data)  # appended to the curated clips (relabelled_share 0: the plain recipe)
     run = Run(name=f"{family}@{fold}", train=train, seed=seed, model=model,
               data=datasets[0] if len(datasets) == 1 else ConcatCrops(datasets), val=(store, va_rows, va_y),
-              curves=layout.curves(family, fold), inputs=inputs)
+              curves=layout.curves(family, fold), inputs=inputs, extra=extra)
     done = _train(run, p, layout, device)
     if done is None:
         return None
@@ -139,8 +149,19 @@ def train_member(family: str, fold: int, p: Params, layout: Layout = Layout()) -
         "train_clips": int(len(tr_rows)), "pseudo_clips": n_pseudo, "val_clips": int(len(va_rows)),
         "epochs": len(history),  # train.epochs, or more when train.min_steps asks for them
     }  # metrics are deterministic for fixed params; wall time and device go to the log only
+    if extra is not None:  # only with the noisy-set methods on: the plain recipe's metrics stay as they were
+        result["noisy_methods"] = train.noisy_keys()
     log.info("%s@%d done in %.1f s on %s: %s", family, fold, time.perf_counter() - t0, device.type, result)
     return result
+
+
+def _noisy_parts(train: Train, layout: Layout, classes: list[str], seed: int, pseudo_data) -> noisy.Parts:
+    """The noisy set's parts of a retrain member's batches: the whole noisy set with its own labels
+    (raw share, MixMatch's unlabelled views) and the pseudo@k clips (relabelled share)."""
+    store = FeatureStore.open(layout.features("noisy"))
+    table = tables.split_table(layout.raw, "noisy")
+    return noisy.parts_for(train, store, store.position(table["fname"]), tables.multi_hot(table["labels"], classes),
+                           pseudo_data, seed)
 
 
 def train_pretrain(p: Params, layout: Layout = Layout()) -> dict | None:
