@@ -36,6 +36,9 @@ BAD_AUDIO_POLICIES = ("error", "skip")
 MODEL_INPUT_NORMS = ("global", "band", "clip")
 MODEL_HEADS = ("meanmax", "attention")
 OPTIMIZERS = ("adam", "adamw")
+PSEUDO_SELECT = ("confidence", "lwlrap")
+LABEL_ISSUE_SPLITS = ("curated", "noisy")
+CLEANLAB_FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
 
 
 class ParamsError(DataError):
@@ -419,7 +422,8 @@ class Retrain(Family):
     """retrain@k: curated train folds + pseudo@k clips, from the pretrained weights or from scratch."""
 
     init: str = knob("pretrain", choices=("pretrain", "scratch"))
-    OWN_KEYS: typing.ClassVar[tuple[str, ...]] = ("init",)
+    stages: int = knob(1, ">= 1", lambda v: v >= 1)
+    OWN_KEYS: typing.ClassVar[tuple[str, ...]] = ("init", "stages")
 
 
 def _pretrain_default() -> Family:
@@ -437,6 +441,20 @@ class Pseudo(Section):
     targets: str = knob("hard", choices=("hard", "soft"))
     temperature: float = knob(0.5, "> 0", lambda v: v > 0)
     max_clips: int = knob(0, ">= 0 (0 = no cap)", lambda v: v >= 0)
+    select: str = knob("confidence", choices=PSEUDO_SELECT)
+    per_class_cap: int = knob(0, ">= 0 (0 = no cap)", lambda v: v >= 0)
+
+
+@dataclass(frozen=True)
+class LabelIssues(Section):
+    SECTION: typing.ClassVar[str] = "label_issues"
+
+    splits: tuple[str, ...] = knob(LABEL_ISSUE_SPLITS, f"a non-empty list of {list(LABEL_ISSUE_SPLITS)}",
+                                   lambda v: len(v) > 0 and len(set(v)) == len(v), choices=LABEL_ISSUE_SPLITS)
+    filter_by: str = knob("prune_by_noise_rate", choices=CLEANLAB_FILTERS)
+    label_threshold: float = knob(0.5, "between 0 and 1", _between(0, 1))
+    top_k: int = knob(2, ">= 1", lambda v: v >= 1)
+    relabel_min_p: float = knob(0.5, "between 0 and 1", _between(0, 1))
 
 
 @dataclass(frozen=True)
@@ -485,6 +503,7 @@ class Params(Section):
     finetune: Family = Family()
     pseudo: Pseudo = Pseudo()
     retrain: Retrain = Retrain()
+    label_issues: LabelIssues = LabelIssues()
     tta: Tta = Tta()
     ensemble: Ensemble = Ensemble()
 
