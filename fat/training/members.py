@@ -152,9 +152,9 @@ def train_member(family: str, fold: int, p: Params, layout: Layout = Layout()) -
         "fold": fold, "lwlrap": round(final["lwlrap"], 6), "val_loss": round(final["loss"], 6),
         "train_clips": int(len(tr_rows)), "pseudo_clips": n_pseudo, "val_clips": int(len(va_rows)),
         "epochs": len(history),  # train.epochs, or more when train.min_steps asks for them
-    }
+    }  # metrics are deterministic for fixed params; wall time and device go to the log only
     if n_stages > 1:
-        result["pseudo_clips_per_stage"] = per_stage  # metrics are deterministic for fixed params; wall time and device go to the log only
+        result["pseudo_clips_per_stage"] = per_stage
     log.info("%s@%d done in %.1f s on %s: %s", family, fold, time.perf_counter() - t0, device.type, result)
     return result
 
