@@ -76,6 +76,18 @@ def test_a_doubtful_clip_is_suggested_for_dropping_and_relabel_needs_confidence(
     assert table.set_index("fname").loc[fnames[wrong[1]], "action"] == "relabel"
 
 
+def test_small_splits_with_absent_or_universal_classes_are_handled():
+    rng = np.random.default_rng(1)
+    given = np.zeros((8, 5))
+    given[:, 0] = 1  # every clip carries class 0; classes 3, 4 are never given
+    given[np.arange(8), rng.integers(1, 3, 8)] = 1
+    probs = rng.uniform(size=(8, 5))
+    flagged, scores = li.find_issues(given, probs)
+    assert flagged.shape == scores.shape == (8,) and ((0 <= scores) & (scores <= 1)).all()
+    flagged, _ = li.find_issues(np.ones((4, 2)), np.full((4, 2), 0.5))
+    assert not flagged.any()
+
+
 def test_mismatched_shapes_and_unlabelled_clips_are_refused():
     with pytest.raises(ValueError, match="differ in shape"):
         li.find_issues(np.ones((3, 2)), np.ones((3, 3)))

@@ -45,7 +45,9 @@ def model_labels(probs: np.ndarray, label_threshold: float, top_k: int) -> np.nd
 def find_issues(given: np.ndarray, probs: np.ndarray,
                 filter_by: str = "prune_by_noise_rate") -> tuple[np.ndarray, np.ndarray]:
     """(flagged mask, label quality score per clip) for multi-hot `given` labels and probabilities
-    `probs` (n x C) from models that never trained on `given`. Deterministic (one process)."""
+    `probs` (n x C) from models that never trained on `given`. Deterministic (one process). A class
+    that every clip carries is left out of the flagging (cleanlab judges each class against clips
+    without it); with no class left, nothing is flagged and every score is 1."""
     from cleanlab.multilabel_classification import filter as cl_filter
     from cleanlab.multilabel_classification import rank as cl_rank
 
@@ -56,11 +58,12 @@ def find_issues(given: np.ndarray, probs: np.ndarray,
     empty = np.flatnonzero(given.sum(axis=1) == 0)
     if len(empty):
         raise ValueError(f"label issues: {len(empty)} clips have no label (rows {empty[:10].tolist()})")
-    labels = [np.flatnonzero(r).tolist() for r in given]
-    scores = cl_rank.get_label_quality_scores(labels, probs)
-    if len(given) < 2:
-        raise ValueError(f"label issues: {len(given)} clip(s); per-class thresholds need at least 2")
-    flagged = cl_filter.find_label_issues(labels, probs, filter_by=filter_by, n_jobs=1)
+    judged = ~given.astype(bool).all(axis=0)  # a class every clip carries has no negatives to compare with
+    if not judged.any():
+        return np.zeros(len(given), dtype=bool), np.ones(len(given))
+    labels = [np.flatnonzero(r).tolist() for r in given[:, judged]]
+    scores = cl_rank.get_label_quality_scores(labels, probs[:, judged])
+    flagged = cl_filter.find_label_issues(labels, probs[:, judged], filter_by=filter_by, n_jobs=1)
     return np.asarray(flagged, dtype=bool), np.asarray(scores, dtype=np.float64)
 
 
