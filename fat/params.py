@@ -39,6 +39,9 @@ OPTIMIZERS = ("adam", "adamw")
 NOISY_LOSSES = ("bce", "lsoft")
 NOISY_PREFIXES = ("noisy_", "lsoft_", "relabelled_", "mixmatch_")  # the Train keys of fat/training/noisy.py
 NOISY_FAMILIES = ("retrain",)  # the families whose stage reads the noisy set and pseudo@k (fat/training/noisy.py)
+PSEUDO_SELECT = ("confidence", "lwlrap")
+LABEL_ISSUE_SPLITS = ("curated", "noisy")
+CLEANLAB_FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
 
 
 class ParamsError(DataError):
@@ -460,7 +463,8 @@ class Retrain(Family):
     """retrain@k: curated train folds + pseudo@k clips, from the pretrained weights or from scratch."""
 
     init: str = knob("pretrain", choices=("pretrain", "scratch"))
-    OWN_KEYS: typing.ClassVar[tuple[str, ...]] = ("init",)
+    stages: int = knob(1, ">= 1", lambda v: v >= 1)
+    OWN_KEYS: typing.ClassVar[tuple[str, ...]] = ("init", "stages")
 
 
 def _pretrain_default() -> Family:
@@ -484,6 +488,20 @@ class Pseudo(Section):
     targets: str = knob("hard", choices=("hard", "soft"))
     temperature: float = knob(0.5, "> 0", lambda v: v > 0)
     max_clips: int = knob(0, ">= 0 (0 = no cap)", lambda v: v >= 0)
+    select: str = knob("confidence", choices=PSEUDO_SELECT)
+    per_class_cap: int = knob(0, ">= 0 (0 = no cap)", lambda v: v >= 0)
+
+
+@dataclass(frozen=True)
+class LabelIssues(Section):
+    SECTION: typing.ClassVar[str] = "label_issues"
+
+    splits: tuple[str, ...] = knob(LABEL_ISSUE_SPLITS, f"a non-empty list of {list(LABEL_ISSUE_SPLITS)}",
+                                   lambda v: len(v) > 0 and len(set(v)) == len(v), choices=LABEL_ISSUE_SPLITS)
+    filter_by: str = knob("prune_by_noise_rate", choices=CLEANLAB_FILTERS)
+    label_threshold: float = knob(0.5, "between 0 and 1", _between(0, 1))
+    top_k: int = knob(2, ">= 1", lambda v: v >= 1)
+    relabel_min_p: float = knob(0.5, "between 0 and 1", _between(0, 1))
 
 
 @dataclass(frozen=True)
@@ -532,6 +550,7 @@ class Params(Section):
     finetune: Family = Family()
     pseudo: Pseudo = Pseudo()
     retrain: Retrain = field(default_factory=_retrain_default)
+    label_issues: LabelIssues = LabelIssues()
     tta: Tta = Tta()
     ensemble: Ensemble = Ensemble()
 

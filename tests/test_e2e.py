@@ -26,6 +26,7 @@ from matplotlib.image import imread
 
 import browser
 from fat import params
+from fat.data import corrections
 from fat.data import tables as data
 from fat.tools import offline_plots
 from fat.training import track
@@ -81,8 +82,11 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
     expected |= {f"features@{s}" for s in ("curated", "noisy", "test")}
     for fam in ("baseline", "finetune", "retrain"):
         expected |= {f"{fam}@{k}" for k in folds} | {f"predict@{fam}-{k}" for k in folds}
-    expected |= {f"pseudo@{k}" for k in folds}
+    expected |= {f"pseudo@{k}" for k in folds} | {"label_issues"}
     assert ran_stages(first_repro) == expected
+    issues = corrections.read(repo / "metrics/label_issues.csv")  # a valid corrections file
+    counts = json.loads((repo / "metrics/label_issues.json").read_text())
+    assert len(issues) == counts["suggested"] and counts["examined"]["noisy"] == p.synth.noisy.n_clips
 
     classes = data.vocabulary(repo / "data/raw")
     assert len(classes) == p.synth.n_classes

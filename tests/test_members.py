@@ -14,7 +14,7 @@ from fat.features import extract
 from fat.io import save_predictions
 from fat.layout import Layout
 from fat.params import Params
-from fat.training import members, models, splits
+from fat.training import members, models, pseudo, splits
 
 TINY = Params.build({
     "seed": 3,
@@ -128,3 +128,35 @@ def test_retrain_from_scratch_is_not_initialised_from_pretrain(project, monkeypa
     members.train_member("retrain", 0, scratch, project)
     members.train_member("finetune", 0, scratch, project)
     assert loaded == [project.pretrain / "model.pt"]  # finetune only
+
+
+def test_staged_selection_retrains_on_the_clips_its_own_last_model_selects(project, monkeypatch):
+    """retrain.stages 2: stage 2 scores the noisy set with the stage-1 retrain@0 model (not the
+    fine-tuned one, nor another fold's), selects with the pseudo rules and trains a fresh model."""
+    if not (project.pretrain / "model.pt").exists():
+        members.train_pretrain(TINY, project)
+    classes = data.vocabulary(project.raw)
+    noisy = data.split_table(project.raw, "noisy")
+    save_predictions(project.pseudo(0) / "labels.csv", noisy["fname"].tolist()[:2],
+                     data.multi_hot(noisy["labels"].iloc[:2], classes), classes)
+    staged = dataclasses.replace(TINY, retrain=dataclasses.replace(TINY.retrain, stages=2),
+                                 pseudo=dataclasses.replace(TINY.pseudo, select="lwlrap"))
+    trained, scored = [], []
+    real_select = pseudo.score_and_select
+
+    def spy(model, *a, **k):
+        scored.append(model)
+        return real_select(model, *a, **k)
+
+    real_train = members._train
+    monkeypatch.setattr(pseudo, "score_and_select", spy)
+    monkeypatch.setattr(members, "_train", lambda run, *a: trained.append(run) or real_train(run, *a))
+    result = members.train_member("retrain", 0, staged, project)
+    assert [r.name for r in trained] == ["retrain@0", "retrain@0.stage2"]
+    assert scored == [trained[0].model] and trained[1].model is not trained[0].model
+    assert len(trained[0].data) == 2 + result["train_clips"]
+    # stage 2's noisy clips are exactly the lwlrap-agreeing clips of the stage-1 model
+    fnames, targets, _ = real_select(trained[0].model, 16, staged.pseudo, project, torch.device("cpu"))
+    assert result["pseudo_clips_per_stage"] == [2, len(fnames)] and result["pseudo_clips"] == len(fnames)
+    assert len(trained[1].data) == len(fnames) + result["train_clips"]
+    assert not project.checkpoint("retrain@0.stage2").exists() and not project.checkpoint("retrain@0").exists()

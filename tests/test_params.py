@@ -288,6 +288,13 @@ def test_rejected_preset_leaves_no_temp_file(presets_dir, params_file):
     ("model", "channels", ["mel", "chroma"], r"model\.channels\[1\] must be one of"),
     ("ensemble", "members", [], r"ensemble\.members must be a non-empty list"),
     ("pseudo", "agree", "yes", r"pseudo\.agree must be true or false, got 'yes'"),
+    ("pseudo", "select", "lrap", r"pseudo\.select must be one of \['confidence', 'lwlrap'\], got 'lrap'"),
+    ("pseudo", "per_class_cap", -1, r"pseudo\.per_class_cap must be a whole number >= 0 \(0 = no cap\), got -1"),
+    ("retrain", "stages", 0, r"retrain\.stages must be a whole number >= 1, got 0"),
+    ("label_issues", "splits", ["curated", "test"], r"label_issues\.splits\[1\] must be one of"),
+    ("label_issues", "splits", [], r"label_issues\.splits must be a non-empty list"),
+    ("label_issues", "filter_by", "all", r"label_issues\.filter_by must be one of"),
+    ("label_issues", "relabel_min_p", 1.5, r"label_issues\.relabel_min_p must be between 0 and 1, got 1\.5"),
 ])
 def test_a_wrong_type_or_range_names_the_key(section, key, value, message):
     """A typo in `dvc exp run -S …` stops the stage naming the key (a negative mixup.alpha used to

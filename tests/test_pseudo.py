@@ -384,3 +384,57 @@ def test_label_fold_uses_only_its_own_fold_model(project):
     np.testing.assert_allclose(out[classes].to_numpy(), np.tile(want, (len(noisy), 1)), rtol=1e-4)
     assert rep["kept"] == len(noisy)
     assert rep["per_class"] == {k: (len(noisy) if v >= 0.5 else 0) for k, v in zip(classes, want)}
+
+
+# ----------------------------------------------------------------------------- staged selection (select: lwlrap)
+def test_rank_agreement_is_per_clip_lwlrap_of_one():
+    from fat.metrics import lwlrap
+
+    conf, agrees = pseudo.rank_agreement(PROBS, NOISY)
+    for i in range(len(PROBS)):  # agrees exactly when the clip's own lwlrap against its noisy labels is 1
+        assert agrees[i] == (lwlrap(NOISY[i:i + 1], PROBS[i:i + 1]) == 1.0), i
+    np.testing.assert_array_equal(agrees, [False, False, True, False, False])
+    assert conf[2] == pytest.approx(0.55)
+    # r4 = {a, d}: a .80 and d .70, but c .75 sits between them -> not 1; with c lowered it agrees
+    p = PROBS.copy()
+    p[4, 2] = 0.6
+    assert pseudo.rank_agreement(p, NOISY)[1][4] and pseudo.rank_agreement(p, NOISY)[0][4] == pytest.approx(0.70)
+
+
+def test_lwlrap_selection_keeps_the_agreeing_clips_with_their_noisy_labels():
+    p = PROBS.copy()
+    p[4, 2] = 0.6
+    idx, targets = pseudo.select(p, NOISY, cfg(select="lwlrap", min_confidence=0.99))  # min_confidence unused
+    np.testing.assert_array_equal(idx, [2, 4])
+    np.testing.assert_array_equal(targets, NOISY[[2, 4]])
+
+
+def test_per_class_cap_keeps_the_most_confident_clips_of_each_class():
+    rng = np.random.default_rng(5)
+    n = 40
+    labels = np.zeros((n, 4), dtype=np.float32)
+    labels[np.arange(n), rng.integers(0, 4, n)] = 1
+    labels[:6, 3] = 1  # a few two-label clips
+    probs = np.where(labels > 0, rng.uniform(0.6, 0.99, labels.shape), rng.uniform(0.0, 0.5, labels.shape))
+    for cap in (1, 3, 5):
+        idx, targets = pseudo.select(probs, labels, cfg(select="lwlrap", per_class_cap=cap))
+        assert (targets.sum(axis=0) <= cap).all()
+        conf = pseudo.rank_agreement(probs, labels)[0]
+        for c in range(4):  # no skipped single-label clip of class c beats a kept one while c had room
+            kept_c = [i for i in idx if labels[i, c]]
+            left = [i for i in range(n) if labels[i, c] and labels[i].sum() == 1 and i not in idx]
+            if len(kept_c) < cap:
+                assert not left
+            elif left:
+                assert max(conf[left]) <= min(conf[kept_c])  # every kept one came first
+    full, _ = pseudo.select(probs, labels, cfg(select="lwlrap"))
+    assert len(full) == n  # every clip agrees: the cap is what cut them
+    # the cap also applies to the confidence mode's targets
+    idx, targets = pseudo.select(PROBS, NOISY, cfg(min_confidence=0.0, per_class_cap=1))
+    assert (targets.sum(axis=0) <= 1).all()
+
+
+def test_cap_per_class_hand_case():
+    targets = np.array([[1, 0], [1, 1], [0, 1], [1, 0]], dtype=np.float32)
+    np.testing.assert_array_equal(pseudo.cap_per_class(np.array([1, 0, 2, 3]), targets, 1), [1])
+    np.testing.assert_array_equal(pseudo.cap_per_class(np.array([0, 2, 1, 3]), targets, 2), [0, 2, 1])

@@ -106,6 +106,16 @@ def _score(args) -> int:
     return 0
 
 
+def _label_check(args) -> int:
+    from fat.evaluation import label_issues
+
+    issues = label_issues.read_issues(args.issues)
+    prov = label_issues.read_provenance(args.provenance)
+    out = label_issues.evaluate(issues, prov, args.top, issues_path=str(args.issues))
+    print(json.dumps(out))
+    return 0
+
+
 def _synth(args) -> int:
     from fat import params
     from fat.data import prepare
@@ -152,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("predictions", type=Path, help="fname + one probability column per class")
     p.add_argument("labels", type=Path, help="fname,labels (comma-joined)")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser("label-check", help="precision and recall of the top-N label-issue suggestions "
+                                           "(metrics/label_issues.csv) against a provenance CSV of true labels")
+    p.add_argument("issues", type=Path, help="the label_issues stage's table (fname,action,labels,...), best first")
+    p.add_argument("provenance", type=Path, help="split,fname,true_labels,given_labels per clip (e.g. the "
+                                                 "real-audio dev set's provenance.csv)")
+    p.add_argument("--top", type=int, nargs="+", default=[10, 25, 50, 100], help="N values (default: %(default)s)")
+    p.set_defaults(func=_label_check)
 
     p = sub.add_parser("synth", help="write the embedded synthetic dataset (FAT2019 layout) to a directory")
     p.add_argument("out", type=Path, help="output directory (must not exist)")

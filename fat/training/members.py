@@ -4,7 +4,9 @@
   baseline   curated train folds, from scratch
   finetune   curated train folds, initialised from the pretrained weights (transfer)
   retrain    curated train folds + the fold's pseudo-labelled noisy clips (pseudo@k); optionally the
-             noisy-set methods of fat.training.noisy (noisy head, L-soft, relabelled share, MixMatch)
+             noisy-set methods of fat.training.noisy (noisy head, L-soft, relabelled share, MixMatch);
+             with `retrain.stages` > 1, staged selection: the stage-s retrain@k model picks the noisy
+             clips again (the `pseudo` rules) and stage s+1 trains afresh on curated + those
 
 Every family trains through one skeleton (`_train`: checkpointed `fit` with per-epoch validation
 and DVCLive curves, then `model.pt` and the training history); the families differ only in what
@@ -30,7 +32,7 @@ from fat.features.store import FeatureStore
 from fat.io import save_predictions, write_csv
 from fat.layout import Layout
 from fat.params import FOLD_FAMILIES, Params, Train
-from fat.training import dist, models, noisy, track
+from fat.training import dist, models, noisy, pseudo, track
 from fat.training.checkpoint import Checkpointer, for_run
 from fat.training.loop import CropDataset, evaluate, fit, seed_everything
 from fat.training.splits import curated_split, load_pseudo, member_seed
@@ -112,27 +114,40 @@ def train_member(family: str, fold: int, p: Params, layout: Layout = Layout()) -
     if family == "finetune" or (family == "retrain" and p.retrain.init == "pretrain"):
         models.load_backbone(model, layout.pretrain / "model.pt")
         inputs.append(layout.pretrain / "model.pt")
-    datasets = [CropDataset(store, tr_rows, tr_y, train.crop_frames, seed, stretch=train.stretch)]
-    n_pseudo = 0
-    extra = None
+    p_fnames, p_y = [], np.zeros((0, len(classes)), dtype=np.float32)
     if family == "retrain":
         inputs += [layout.pseudo(fold) / "labels.csv", *_feature_index(layout, "noisy")]
         p_fnames, p_y = load_pseudo(layout, fold, classes)
+        if noisy.active(train):
+            inputs.append(layout.raw / "train_noisy.csv")
+    n_stages = p.retrain.stages if family == "retrain" else 1
+    per_stage = []
+    extra = None
+    for stage in range(1, n_stages + 1):
+        if stage > 1:  # staged selection: this fold's own last model picks the noisy clips again
+            p_fnames, p_y, _ = pseudo.score_and_select(model, train.crop_frames, p.pseudo, layout, device,
+                                                       desc=f"{family}@{fold} stage {stage}: score noisy")
+            model = _build_model(p, seed, len(classes), store.n_mels)
+            if p.retrain.init == "pretrain":
+                models.load_backbone(model, layout.pretrain / "model.pt")
+        datasets = [CropDataset(store, tr_rows, tr_y, train.crop_frames, seed, stretch=train.stretch)]
         pseudo_data = None
         if len(p_fnames):
             noisy_store = FeatureStore.open(layout.features("noisy"))
             pseudo_data = CropDataset(noisy_store, noisy_store.position(p_fnames), p_y, train.crop_frames, seed + 1,
                                       stretch=train.stretch)
-            n_pseudo = len(p_fnames)
-        if noisy.active(train):  # the noisy-set methods: parts drawn at set shares of each batch
+        if family == "retrain" and noisy.active(train):  # the noisy-set methods: parts at set shares of a batch
             extra = _noisy_parts(train, layout, classes, seed, pseudo_data)
-            inputs.append(layout.raw / "train_noisy.csv")
         if pseudo_data is not None and (extra is None or extra.relabelled is None):
             datasets.append(pseudo_data)  # appended to the curated clips (relabelled_share 0: the plain recipe)
-    run = Run(name=f"{family}@{fold}", train=train, seed=seed, model=model,
-              data=datasets[0] if len(datasets) == 1 else ConcatCrops(datasets), val=(store, va_rows, va_y),
-              curves=layout.curves(family, fold), inputs=inputs, extra=extra)
-    done = _train(run, p, layout, device)
+        per_stage.append(len(p_fnames))
+        run = Run(name=f"{family}@{fold}" if stage == 1 else f"{family}@{fold}.stage{stage}", train=train,
+                  seed=seed, model=model, data=datasets[0] if len(datasets) == 1 else ConcatCrops(datasets),
+                  val=(store, va_rows, va_y), curves=layout.curves(family, fold), inputs=inputs, extra=extra)
+        done = _train(run, p, layout, device)  # every rank trains every stage; rank 0 writes
+        if stage < n_stages and done is not None:
+            done[2].clear()
+    n_pseudo = per_stage[-1]
     if done is None:
         return None
     history, final, ckpt = done
@@ -151,6 +166,8 @@ def train_member(family: str, fold: int, p: Params, layout: Layout = Layout()) -
     }  # metrics are deterministic for fixed params; wall time and device go to the log only
     if extra is not None:  # only with the noisy-set methods on: the plain recipe's metrics stay as they were
         result["noisy_methods"] = train.noisy_keys()
+    if n_stages > 1:
+        result["pseudo_clips_per_stage"] = per_stage
     log.info("%s@%d done in %.1f s on %s: %s", family, fold, time.perf_counter() - t0, device.type, result)
     return result
 
