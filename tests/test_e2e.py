@@ -135,7 +135,7 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
             assert curve["step"].tolist() == list(range(1, epochs + 1))
 
 
-PLOT_IMAGES = ["metrics/ensemble_correlation.png", "metrics/ensemble_folds.png"] + [
+PLOT_IMAGES = ["metrics/ensemble_correlation.png", "metrics/ensemble_folds.png", "metrics/label_issues.png"] + [
     f"metrics/report/{n}.png" for n in ("class_counts", "label_shift", "labels_per_clip", "durations", "audio_formats")]
 
 
