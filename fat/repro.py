@@ -15,8 +15,13 @@ numpy or torch (these read the settings once, when they load), and it:
   A cap already in the environment that is lower is kept (it is how a smaller CPU is emulated);
 - fixes torch's intra-op threads to `repro.threads` (not the machine's core count) and its
   inter-op threads to 1;
-- turns on `torch.use_deterministic_algorithms` (and sets CUBLAS_WORKSPACE_CONFIG, which it needs
-  on CUDA).
+- turns on torch's deterministic-algorithms flag (and sets CUBLAS_WORKSPACE_CONFIG, which it needs
+  on CUDA). Not through `torch.use_deterministic_algorithms`: that function also imports
+  `torch._inductor.config` to set inductor's copy of the flag, and with it `torch._dynamo`, which
+  costs every stage that never compiles (prediction, pseudo-labels, label issues) about 1.5 s of
+  imports. `configure()` sets the same two things without the import: torch's flag through the
+  call that function makes, and inductor's through TORCHINDUCTOR_DETERMINISTIC=1, which
+  `torch._inductor.config` reads when something does load it (`train.compile`).
 
 `configure()` returns what it set; `describe()` renders it for the log. Without `repro.strict`,
 only the thread count is fixed. What this does not cover (README: Reproducibility): a CPU below the
@@ -97,6 +102,7 @@ def environment(cfg: dict, env: dict | None = None) -> dict:
         for name, pinned in LEVELS[cfg["isa"]].items():
             out[name] = _capped(name, pinned, env.get(name))
         out["ONEDNN_DEFAULT_FPMATH_MODE"] = "STRICT"
+        out["TORCHINDUCTOR_DETERMINISTIC"] = "1"  # inductor's deterministic mode, read when it loads
         out["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     return out
 
@@ -118,7 +124,8 @@ def configure(params_path: str | Path = "params.yaml") -> dict:
     torch.set_num_threads(cfg["threads"])
     torch.set_num_interop_threads(1)
     if cfg["strict"]:
-        torch.use_deterministic_algorithms(True)
+        # torch.use_deterministic_algorithms(True) minus its import of torch._inductor (module docstring)
+        torch._C._set_deterministic_algorithms(True, warn_only=False)
     return {**cfg, "env": env}
 
 

@@ -1,4 +1,4 @@
-"""Stage `predict@{family}-{k}`: test-time-augmented OOF and test predictions of one member."""
+"""Stage `predict@{family}`: test-time-augmented OOF and test predictions of each fold member of a family."""
 from fat import repro
 
 REPRO = repro.configure()  # first: numpy and torch read their CPU settings once, when they load
@@ -17,14 +17,14 @@ LAYOUT = Layout()
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("family", choices=FOLD_FAMILIES)
-    ap.add_argument("fold", type=int)
     args = ap.parse_args()
-    logger = log.stage(f"predict@{args.family}-{args.fold}")
+    logger = log.stage(f"predict@{args.family}")
     logger.info(repro.describe(REPRO))
     p = params.load()
-    result = tta.predict_member(args.family, args.fold, p.tta, p.augment, p.seed)
-    write_json(LAYOUT.metrics(f"tta/{args.family}-fold{args.fold}"), result)
-    log.done(logger, "%s", result)
+    result = tta.predict_family(args.family, p.cv.folds, p.tta, p.augment, p.seed)
+    write_json(LAYOUT.metrics(f"tta/{args.family}"), result)
+    log.done(logger, "%s", "; ".join(f"{k}: OOF lwlrap plain {v['oof_lwlrap_plain']}, TTA {v['oof_lwlrap_tta']}"
+                                      for k, v in result["folds"].items()))
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
     expected = {"prepare", "report", "folds", "pretrain", "ensemble"}
     expected |= {f"features@{s}" for s in ("curated", "noisy", "test")}
     for fam in ("baseline", "finetune", "retrain"):
-        expected |= {f"{fam}@{k}" for k in folds} | {f"predict@{fam}-{k}" for k in folds}
+        expected |= {f"{fam}@{k}" for k in folds} | {f"predict@{fam}"}
     expected |= {f"pseudo@{k}" for k in folds} | {"label_issues"}
     assert ran_stages(first_repro) == expected
     issues = corrections.read(repo / "metrics/label_issues.csv")  # a valid corrections file

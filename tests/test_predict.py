@@ -259,3 +259,28 @@ def test_predict_tta_with_clip_of_exactly_window_length(tmp_path, model):
     v1, _ = hand_predict(model, st, [0, 1], LENGTH, 8, 4)  # the exact-length clip: one window tiled at phase 4
     np.testing.assert_allclose(unmasked, (v0 + v1) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(v0[0], v1[0], atol=1e-6)
+
+
+def test_predict_tta_blends_a_given_plain_prediction_instead_of_recomputing_it(model, store):
+    """A training stage's saved plain predictions stand in for the plain pass: the blend uses them as given."""
+    rows = np.arange(len(store))
+    plain, tta = predict.predict_tta(model, store, rows, LENGTH, TTA, MASK, device=CPU, seed=3)
+    other = np.full_like(plain, 0.25)
+    got_plain, got = predict.predict_tta(model, store, rows, LENGTH, TTA, MASK, device=CPU, seed=3, plain=other)
+    np.testing.assert_array_equal(got_plain, other)
+    np.testing.assert_allclose(got, tta - 0.5 * plain + 0.5 * other, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="plain predictions for 2 clips given for 6 rows"):
+        predict.predict_tta(model, store, rows, LENGTH, TTA, MASK, device=CPU, seed=3, plain=other[:2])
+
+
+def test_member_plain_reads_a_members_predictions_in_the_order_asked_and_names_a_mismatch(tmp_path):
+    from fat.evaluation import tta
+    from fat.io import save_predictions
+
+    probs = np.array([[0.1, 0.9], [0.5, 0.25]])
+    save_predictions(tmp_path / "oof.csv", ["a.wav", "b.wav"], probs, ["x", "y"])
+    np.testing.assert_allclose(tta.member_plain(tmp_path / "oof.csv", ["a.wav", "b.wav"], ["x", "y"]), probs)
+    with pytest.raises(ValueError, match=r"oof\.csv: its clips are not the 2 clips being predicted"):
+        tta.member_plain(tmp_path / "oof.csv", ["b.wav", "a.wav"], ["x", "y"])
+    with pytest.raises(ValueError, match="class columns do not match"):
+        tta.member_plain(tmp_path / "oof.csv", ["a.wav", "b.wav"], ["y", "x"])

@@ -99,9 +99,13 @@ def tta_views(length: int, tta: Tta) -> list[dict]:
 
 
 def predict_tta(model, store, rows, length, tta: Tta, mask_cfg: dict, *, device, seed: int,
-                batch_size=64, desc=None) -> tuple[np.ndarray, np.ndarray]:
-    """(plain, tta) probabilities. Deterministic for a given seed."""
-    plain = predict_plain(model, store, rows, length, device=device, batch_size=batch_size, desc=desc)
+                batch_size=64, desc=None, plain: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(plain, tta) probabilities. Deterministic for a given seed. `plain`: the plain prediction
+    of these rows when the caller has it already (a training stage wrote it), saving that pass."""
+    if plain is None:
+        plain = predict_plain(model, store, rows, length, device=device, batch_size=batch_size, desc=desc)
+    elif np.shape(plain)[0] != len(rows):
+        raise ValueError(f"plain predictions for {np.shape(plain)[0]} clips given for {len(rows)} rows")
     views = []
     for v in tta_views(length, tta):
         p, _ = predict_windows(model, store, rows, length, v["step"], device=device, batch_size=batch_size,
