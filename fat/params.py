@@ -325,6 +325,7 @@ class Model(Section):
     dropout: float = knob(0.3, "between 0 and 1 (exclusive of 1)", lambda v: 0 <= v < 1)
     input_norm: str = knob("global", choices=MODEL_INPUT_NORMS)  # BatchNorm per channel, per mel band, or per clip
     head: str = knob("meanmax", choices=MODEL_HEADS)  # attention: adds attention pooling over time
+    first_block_convs: int = knob(2, "1 or 2", lambda v: v in (1, 2))  # 3x3 convs of the full-resolution block
 
 
 @dataclass(frozen=True)
@@ -510,7 +511,7 @@ class Tta(Section):
 
     beta: float = knob(0.4, "between 0 and 1", _between(0, 1))
     overlap_step: float = knob(0.5, "between 0 (exclusive) and 1", lambda v: 0 < v <= 1)
-    shifts: tuple[float, ...] = knob((0.0, 0.5), "phases between 0 and 1", lambda v: all(0 <= s <= 1 for s in v))
+    shifts: tuple[float, ...] = knob((0.5,), "phases between 0 and 1", lambda v: all(0 <= s <= 1 for s in v))
     masked: int = knob(1, ">= 0", lambda v: v >= 0)
 
 

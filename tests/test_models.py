@@ -265,3 +265,31 @@ def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt: not a fat model file"):
         models.load(tmp_path / "other.pt")
+
+
+def test_first_block_convs_sets_the_full_resolution_blocks_convolutions_only():
+    def convs(model):
+        return [sum(isinstance(m, nn.Conv2d) for m in block) for block in model.features]
+
+    one = models.build(Model(**TINY, first_block_convs=1), n_classes=3, n_mels=N_MELS)
+    two = models.build(Model(**TINY), n_classes=3, n_mels=N_MELS)
+    assert convs(one) == [1, 2] and convs(two) == [2, 2]
+    assert one(_logmel(2, N_MELS, 20)).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"model\.first_block_convs must be a whole number 1 or 2, got 3"):
+        Model.build({"first_block_convs": 3}, "model")
+
+
+def test_a_checkpoint_saved_before_first_block_convs_existed_loads_as_two_convs(tmp_path):
+    """Model files from before the key hold two convs in every block; loading them must not rebuild
+    the first block with the current default."""
+    torch.manual_seed(0)
+    model = models.build(Model(**TINY), n_classes=3, n_mels=N_MELS)
+    _warm_batchnorm(model)
+    models.save(tmp_path / "m.pt", model, Model(**TINY), ["a", "b", "c"], N_MELS)
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    del ckpt["model_cfg"]["first_block_convs"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded, _ = models.load(tmp_path / "old.pt")
+    x = _logmel(2, N_MELS, 24, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model.eval()(x), rtol=0, atol=0)
