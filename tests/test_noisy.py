@@ -157,9 +157,18 @@ def test_mixmatch_trains_deterministically_and_guesses_the_unlabelled_clips(prob
         assert (a(x).argmax(1).numpy() == y[30:60].argmax(1)).mean() > 0.5
 
 
-def test_the_plain_path_is_untouched_with_the_methods_off():
+def test_the_shipped_retrain_section_is_l_soft_on_a_quarter_of_raw_noisy_clips_and_off_elsewhere():
     p = P.Params()
-    t = p.train_for("retrain")  # the shipped retrain section differs from train in its epochs only
+    t = p.train_for("retrain")  # the shipped retrain section: its epochs and the default noisy-set method
+    assert noisy.active(t)
+    assert t == dataclasses.replace(p.train, epochs=10, noisy_share=0.25, noisy_loss="lsoft")
+    for family in ("baseline", "pretrain", "finetune"):
+        assert not noisy.active(p.train_for(family))
+
+
+def test_the_plain_path_is_untouched_with_the_methods_off():
+    p = P.Params.build({"retrain": {"epochs": 10, "noisy_share": 0.0, "noisy_loss": "bce"}})
+    t = p.train_for("retrain")  # with the methods off, retrain differs from train in its epochs only
     assert not noisy.active(t) and t == dataclasses.replace(p.train, epochs=10)
 
 
