@@ -157,6 +157,32 @@ def test_label_check_command(tmp_path, capsys):
                            "relabel_exact": "1/1"}]
 
 
+
+def test_label_check_scores_one_split_against_its_own_clips(tmp_path, capsys):
+    """A curated clip ranked first (right labels, so a miss) counts against the combined ranking, not
+    against --split noisy; --split curated has no corrupted clip to find, so no recall."""
+    import json
+
+    prov = provenance_file(tmp_path, PROV)
+    issues = tmp_path / "issues.csv"
+    pd.DataFrame({"fname": ["c1.wav", "n1.wav", "n3.wav"], "action": ["drop", "relabel", "drop"],
+                  "labels": ["", "a", ""], "split": ["curated", "noisy", "noisy"]}).to_csv(issues, index=False)
+    assert cli.main(["label-check", str(issues), str(prov), "--top", "2"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["top"][0]["hits"] == 1 and both["clips"] == 5
+    assert cli.main(["label-check", str(issues), str(prov), "--top", "2", "--split", "noisy"]) == 0
+    noisy = json.loads(capsys.readouterr().out)
+    assert noisy["clips"] == 4 and noisy["suggestions"] == 2 and noisy["per_split_corrupted"] == {"train_noisy": 3}
+    assert noisy["top"] == [{"n": 2, "taken": 2, "hits": 1, "precision": 0.5, "recall": round(1 / 3, 4),
+                             "relabel_exact": "1/1"}]
+    assert cli.main(["label-check", str(issues), str(prov), "--split", "curated", "--top", "1"]) == 0
+    cur = json.loads(capsys.readouterr().out)
+    assert cur["corrupted_clips"] == 0 and cur["top"][0]["precision"] == 0.0 and cur["top"][0]["recall"] is None
+
+    issues.write_text("fname,action,labels\nn1.wav,drop,\n")
+    assert cli.main(["label-check", str(issues), str(prov), "--split", "noisy"]) == 2
+    assert f"{issues}: no split column" in capsys.readouterr().err
+
 def test_bad_input_names_the_file_and_the_rows(tmp_path, capsys):
     prov = provenance_file(tmp_path, PROV)
     issues = tmp_path / "issues.csv"

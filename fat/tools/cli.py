@@ -107,11 +107,19 @@ def _score(args) -> int:
 
 
 def _label_check(args) -> int:
+    from fat.errors import DataError
     from fat.evaluation import label_issues
 
     issues = label_issues.read_issues(args.issues)
     prov = label_issues.read_provenance(args.provenance)
-    out = label_issues.evaluate(issues, prov, args.top, issues_path=str(args.issues))
+    splits = ("train_curated", "train_noisy")
+    if args.split:  # one split's suggestions against that split's clips (the two are scored by different models)
+        if "split" not in issues.columns:
+            raise DataError(f"{args.issues}: no split column, so --split {args.split} cannot select rows "
+                            f"(the label_issues stage writes one)")
+        issues = issues[issues["split"] == args.split].reset_index(drop=True)
+        splits = (f"train_{args.split}",)
+    out = label_issues.evaluate(issues, prov, args.top, issues_path=str(args.issues), splits=splits)
     print(json.dumps(out))
     return 0
 
@@ -169,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("provenance", type=Path, help="split,fname,true_labels,given_labels per clip (e.g. the "
                                                  "real-audio dev set's provenance.csv)")
     p.add_argument("--top", type=int, nargs="+", default=[10, 25, 50, 100], help="N values (default: %(default)s)")
+    p.add_argument("--split", choices=["curated", "noisy"], help="score only this split's suggestions, against "
+                                                                  "its own clips (default: both, in one ranking)")
     p.set_defaults(func=_label_check)
 
     p = sub.add_parser("synth", help="write the embedded synthetic dataset (FAT2019 layout) to a directory")
