@@ -157,7 +157,6 @@ def test_label_check_command(tmp_path, capsys):
                            "relabel_exact": "1/1"}]
 
 
-
 def test_label_check_scores_one_split_against_its_own_clips(tmp_path, capsys):
     """A curated clip ranked first (right labels, so a miss) counts against the combined ranking, not
     against --split noisy; --split curated has no corrupted clip to find, so no recall."""
@@ -182,6 +181,7 @@ def test_label_check_scores_one_split_against_its_own_clips(tmp_path, capsys):
     issues.write_text("fname,action,labels\nn1.wav,drop,\n")
     assert cli.main(["label-check", str(issues), str(prov), "--split", "noisy"]) == 2
     assert f"{issues}: no split column" in capsys.readouterr().err
+
 
 def test_bad_input_names_the_file_and_the_rows(tmp_path, capsys):
     prov = provenance_file(tmp_path, PROV)
