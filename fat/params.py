@@ -325,15 +325,15 @@ class Model(Section):
     dropout: float = knob(0.3, "between 0 and 1 (exclusive of 1)", lambda v: 0 <= v < 1)
     input_norm: str = knob("global", choices=MODEL_INPUT_NORMS)  # BatchNorm per channel, per mel band, or per clip
     head: str = knob("meanmax", choices=MODEL_HEADS)  # attention: adds attention pooling over time
-    first_block_convs: int = knob(2, "1 or 2", lambda v: v in (1, 2))  # 3x3 convs of the full-resolution block
+    first_block_convs: int = knob(1, "1 or 2", lambda v: v in (1, 2))  # 3x3 convs of the full-resolution block
 
 
 @dataclass(frozen=True)
 class Train(Section):
     SECTION: typing.ClassVar[str] = "train"
 
-    crop_frames: int = knob(96, ">= 1", lambda v: v >= 1)
-    batch_size: int = knob(32, ">= 1", lambda v: v >= 1)
+    crop_frames: int = knob(80, ">= 1", lambda v: v >= 1)
+    batch_size: int = knob(16, ">= 1", lambda v: v >= 1)
     epochs: int = knob(16, ">= 1", lambda v: v >= 1)
     lr: float = knob(0.002, "> 0", lambda v: v > 0)
     weight_decay: float = knob(0.0001, ">= 0", lambda v: v >= 0)
@@ -342,9 +342,9 @@ class Train(Section):
     compile: bool = knob(False)
     eval_every: int = knob(4, ">= 1", lambda v: v >= 1)
     optimizer: str = knob("adam", choices=OPTIMIZERS)
-    min_steps: int = knob(256, ">= 0 (0 = epochs as set)", lambda v: v >= 0)  # a floor on the optimiser steps
+    min_steps: int = knob(512, ">= 0 (0 = epochs as set)", lambda v: v >= 0)  # a floor on the optimiser steps
     stretch: float = knob(0.0, ">= 0 (0 disables random-resized crops)", lambda v: v >= 0)
-    label_smoothing: float = knob(0.0, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
+    label_smoothing: float = knob(0.1, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
     ema_decay: float = knob(0.0, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
     # the noisy-set methods (fat/training/noisy.py), retrain family only; each off by default
     noisy_share: float = knob(0.0, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)

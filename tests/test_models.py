@@ -272,8 +272,9 @@ def test_first_block_convs_sets_the_full_resolution_blocks_convolutions_only():
         return [sum(isinstance(m, nn.Conv2d) for m in block) for block in model.features]
 
     one = models.build(Model(**TINY, first_block_convs=1), n_classes=3, n_mels=N_MELS)
-    two = models.build(Model(**TINY), n_classes=3, n_mels=N_MELS)
+    two = models.build(Model(**TINY, first_block_convs=2), n_classes=3, n_mels=N_MELS)
     assert convs(one) == [1, 2] and convs(two) == [2, 2]
+    assert convs(models.build(Model(**TINY), n_classes=3, n_mels=N_MELS)) == [1, 2]  # the default
     assert one(_logmel(2, N_MELS, 20)).shape == (2, 3)
     with pytest.raises(ValueError, match=r"model\.first_block_convs must be a whole number 1 or 2, got 3"):
         Model.build({"first_block_convs": 3}, "model")
@@ -283,9 +284,9 @@ def test_a_checkpoint_saved_before_first_block_convs_existed_loads_as_two_convs(
     """Model files from before the key hold two convs in every block; loading them must not rebuild
     the first block with the current default."""
     torch.manual_seed(0)
-    model = models.build(Model(**TINY), n_classes=3, n_mels=N_MELS)
+    model = models.build(Model(**TINY, first_block_convs=2), n_classes=3, n_mels=N_MELS)
     _warm_batchnorm(model)
-    models.save(tmp_path / "m.pt", model, Model(**TINY), ["a", "b", "c"], N_MELS)
+    models.save(tmp_path / "m.pt", model, Model(**TINY, first_block_convs=2), ["a", "b", "c"], N_MELS)
     ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
     del ckpt["model_cfg"]["first_block_convs"]
     torch.save(ckpt, tmp_path / "old.pt")

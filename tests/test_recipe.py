@@ -196,16 +196,16 @@ def test_defaults_of_new_keys_train_exactly_as_before(problem):
 
 
 def test_label_smoothing_pulls_the_targets_to_one_half(problem):
-    plain, h0 = fit(problem, epochs=4)
-    smooth, h1 = fit(problem, epochs=4, label_smoothing=0.4)
+    plain, h0 = fit(problem, epochs=15)
+    smooth, h1 = fit(problem, epochs=15, label_smoothing=0.4)
     assert not same_weights(plain, smooth)
     store, targets = problem
     x = torch.from_numpy(np.stack([np.ascontiguousarray(augment.fit_length(store.clip(i), LENGTH, 0))
                                    for i in range(len(store))]))
     with torch.no_grad():
         p0, p1 = torch.sigmoid(plain.eval()(x)), torch.sigmoid(smooth.eval()(x))
-    # targets 0.8 / 0.2: less confident predictions than with hard targets
-    assert (p1.max(1).values.mean() < p0.max(1).values.mean()) and p1.max() < 0.95
+    # targets 0.8 / 0.2: the smoothed model's top class stays near 0.8 while the hard-target one nears 1
+    assert p0.max(1).values.mean() > 0.9 > p1.max()
 
 
 def test_ema_weights_replace_the_trained_ones_after_the_last_epoch(problem):
@@ -239,10 +239,11 @@ def test_bad_mixup_options_are_named(problem, key, value):
         fit(problem, epochs=1, mixup={key: value})
 
 
-def test_new_keys_are_schema_fields_with_the_plain_recipe_as_default():
+def test_new_keys_are_schema_fields_off_by_default_but_label_smoothing():
     t, m, mix = Train(), Model(), Mixup()
-    assert (t.optimizer, t.stretch, t.label_smoothing, t.ema_decay) == ("adam", 0.0, 0.0, 0.0)
-    assert t.min_steps == 256  # the embedded set's 16 epochs x 16 batches: a floor only small sets reach
+    assert (t.optimizer, t.stretch, t.ema_decay) == ("adam", 0.0, 0.0)
+    assert t.label_smoothing == 0.1  # on by default: it raised every figure on real recordings and the embedded data
+    assert t.min_steps == 512  # just under the embedded set's 16 epochs x 33 batches: a floor only small sets reach
     assert (m.input_norm, m.head) == ("global", "meanmax")
     assert (mix.until, mix.concat_p) == (1.0, 0.0)
 
@@ -262,6 +263,6 @@ def test_min_steps_adds_epochs_only_to_small_training_sets(problem):
 
     assert mk().epochs == 2 and mk(min_steps=20).epochs == 2  # TRAIN_CFG sets min_steps 0
     assert mk(min_steps=100).epochs == 8  # ceil(100 / 13)
-    assert mk(min_steps=Train().min_steps).epochs == 20  # the default floor: ceil(256 / 13)
+    assert mk(min_steps=Train().min_steps).epochs == 40  # the default floor: ceil(512 / 13)
     _, hist = fit(problem, epochs=1, min_steps=30)
     assert len(hist) == 3

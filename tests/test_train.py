@@ -19,7 +19,8 @@ LENGTH = 16
 CPU = torch.device("cpu")
 TINY = {"base_channels": 4, "n_blocks": 2, "dropout": 0.1, "channels": ["mel"]}
 TRAIN_CFG = {"epochs": 15, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0, "warmup": 0.2, "eval_every": 1,
-             "min_steps": 0}  # epochs as set (the default step floor would add epochs on these tiny sets)
+             "min_steps": 0,  # epochs as set (the default step floor would add epochs on these tiny sets)
+             "label_smoothing": 0.0}  # hard targets, which the assertions on predictions below are written for
 AUGMENT = {"p": 0.5, "freq_masks": 1, "freq_frac": 0.1, "time_masks": 1, "time_frac": 0.1}
 
 

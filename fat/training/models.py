@@ -2,15 +2,16 @@
 
 Input: (batch, n_mels, frames) log-mel dB. The front end stacks the requested channels
 (`mel`, `delta`, `delta2`, `mfcc`), normalises them with a BatchNorm, and a VGG-like stack of
-conv blocks (two 3x3 conv + BN + ReLU, then 2x2 average pooling) feeds a head that averages over
+conv blocks (3x3 conv + BN + ReLU, twice, then 2x2 average pooling; the default first block has one
+conv, see below) feeds a head that averages over
 frequency, takes mean + max over time, and maps to one logit per class. Any crop of at least
 2**n_blocks frames (and as many mel bands) works.
 
-Options (params `model.*`; the defaults give the plain model above):
+Options (params `model.*`):
   first_block_convs  1: the first block (full resolution) has one 3x3 conv instead of two. That
               block holds a fifth of the multiply-adds but, at width 16 on a 2-core CPU, about 40 %
               of a training step's time (its activations are the largest: BatchNorm, ReLU and their
-              gradients are memory-bound there); one conv cuts a step by about a quarter.
+              gradients are memory-bound there); one conv cuts a step by about a seventh (13-14 %).
   input_norm  `global`: one BatchNorm statistic per input channel; `band`: one per input channel
               and mel band (per-frequency normalisation, statistics of the training data only);
               `clip`: each crop's per-band time mean is subtracted first (per-clip normalisation),
