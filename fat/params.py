@@ -324,7 +324,7 @@ class Model(Section):
     n_blocks: int = knob(4, ">= 1", lambda v: v >= 1)
     dropout: float = knob(0.3, "between 0 and 1 (exclusive of 1)", lambda v: 0 <= v < 1)
     input_norm: str = knob("global", choices=MODEL_INPUT_NORMS)  # BatchNorm per channel, per mel band, or per clip
-    head: str = knob("meanmax", choices=MODEL_HEADS)  # attention: adds attention pooling over time
+    head: str = knob("attention", choices=MODEL_HEADS)  # attention pooling over time added to the mean + max MLP
     first_block_convs: int = knob(1, "1 or 2", lambda v: v in (1, 2))  # 3x3 convs of the full-resolution block
 
 

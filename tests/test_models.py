@@ -11,7 +11,7 @@ from fat.params import Model
 from fat.training import models
 
 N_MELS = 16
-TINY = {"base_channels": 4, "n_blocks": 2, "dropout": 0.3}
+TINY = {"base_channels": 4, "n_blocks": 2, "dropout": 0.3, "head": "meanmax"}  # attention: tests/test_recipe.py
 
 
 def _logmel(b=2, f=N_MELS, t=40, seed=0) -> torch.Tensor:

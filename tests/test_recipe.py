@@ -41,8 +41,10 @@ def same_weights(a, b):
 # --------------------------------------------------------------------------- model options
 
 
-def test_default_model_has_the_plain_parameters():
-    plain = build()
+def test_default_model_has_the_attention_head_and_meanmax_the_plain_parameters():
+    default = models.build(Model(**{k: v for k, v in TINY.items() if k != "head"}), n_classes=N_CLASSES, n_mels=N_MELS)
+    assert isinstance(default.attention, models.AttentionPool)
+    plain = build()  # TINY's head: meanmax
     assert plain.attention is None
     assert not any(k.startswith("attention") for k in plain.state_dict())
     assert isinstance(plain.front.norm, torch.nn.BatchNorm2d) and plain.front.norm.num_features == 1
@@ -244,7 +246,7 @@ def test_new_keys_are_schema_fields_off_by_default_but_label_smoothing():
     assert (t.optimizer, t.stretch, t.ema_decay) == ("adam", 0.0, 0.0)
     assert t.label_smoothing == 0.1  # on by default: it raised every figure on real recordings and the embedded data
     assert t.min_steps == 512  # just under the embedded set's 16 epochs x 33 batches: a floor only small sets reach
-    assert (m.input_norm, m.head) == ("global", "meanmax")
+    assert (m.input_norm, m.head) == ("global", "attention")  # attention raised every figure on both datasets
     assert (mix.until, mix.concat_p) == (1.0, 0.0)
 
 

@@ -16,7 +16,7 @@ Options (params `model.*`):
               and mel band (per-frequency normalisation, statistics of the training data only);
               `clip`: each crop's per-band time mean is subtracted first (per-clip normalisation),
               then the global BatchNorm.
-  head        `meanmax`: mean + max over time -> MLP; `attention`: attention pooling over time
+  head        `meanmax`: mean + max over time -> MLP; `attention` (the default): attention pooling over time
               (per-class softmax weights over the frames, applied to per-frame class logits),
               with the mean + max MLP's logits added, so it starts as an extension of the plain head.
 """
@@ -205,7 +205,8 @@ def load(path, map_location="cpu", classes=None) -> tuple[AudioCNN, dict]:
     if classes is not None and list(ckpt["classes"]) != list(classes):
         raise ValueError(f"{path}: the model was trained on other classes than the current vocabulary "
                          f"({len(ckpt['classes'])} vs {len(classes)} classes); retrain it")
-    cfg = {"first_block_convs": 2, **ckpt["model_cfg"]}  # saved before the key existed: two convs everywhere
+    # saved before these keys existed: two convs everywhere, the mean + max head alone
+    cfg = {"first_block_convs": 2, "head": "meanmax", **ckpt["model_cfg"]}
     model = build(Model.build(cfg, f"{path}: model"), len(ckpt["classes"]), ckpt["n_mels"])
     model.load_state_dict(ckpt["state_dict"])
     return model, ckpt
