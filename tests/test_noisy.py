@@ -12,7 +12,7 @@ import torch
 import fat.params as P
 from fat.params import Augment, Mixup, Train
 from fat.training import loop, models, noisy
-from test_train import AUGMENT, N_CLASSES, TRAIN_CFG, band_problem, new_model
+from test_train import AUGMENT, N_CLASSES, TINY, TRAIN_CFG, band_problem, new_model
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +130,7 @@ def test_the_noisy_head_trains_on_the_noisy_labels_and_is_never_the_prediction(p
     assert (cur.argmax(1).numpy() == truth).mean() > 0.8  # the curated head learned the true classes …
     assert (nz.argmax(1).numpy() == (truth + 1) % N_CLASSES).mean() > 0.8  # … the noisy head the noisy ones
     # the saved model is the curated one: no noisy-head weights, and it loads as any model
-    cfg = P.Model(**{"base_channels": 4, "n_blocks": 2, "dropout": 0.1, "head": "meanmax"})
-    models.save(tmp_path / "m.pt", model, cfg, ["a", "b", "c"], 12)
+    models.save(tmp_path / "m.pt", model, P.Model(**TINY), ["a", "b", "c"], 12)
     loaded, _ = models.load(tmp_path / "m.pt")
     assert set(loaded.state_dict()) == set(new_model().state_dict())
     with torch.no_grad():
