@@ -9,7 +9,8 @@ error naming the key. Stages pass each part of the library the section it needs,
 `fit(..., train=p.train_for("pretrain"), augment=p.augment)`.
 
 A family section (`baseline`, `pretrain`, `finetune`, `retrain`) may override any `train` setting
-(epochs, lr, …) for that family; `retrain` also has its own `init`. Presets (`fat/presets/*.yaml`)
+(epochs, lr, …) for that family; `baseline` also has its `folds` (which members to train: none by
+default), `retrain` its own `init` and `stages`. Presets (`fat/presets/*.yaml`)
 are partial params files merged over the current one by :func:`apply_preset`, preserving comments.
 """
 from __future__ import annotations
@@ -31,6 +32,8 @@ from fat.errors import DataError
 
 PRESETS_DIR = Path(__file__).with_name("presets")
 FOLD_FAMILIES = ("baseline", "finetune", "retrain")  # the families with one member per fold
+ENSEMBLE_FAMILIES = ("finetune", "retrain")  # the default ensemble members: the fold families every run trains;
+# `baseline` is opt-in: `baseline.folds` trains its members, and listed in `ensemble.members` it is predicted too
 MODEL_CHANNELS = ("mel", "delta", "delta2", "mfcc")
 BAD_AUDIO_POLICIES = ("error", "skip")
 MODEL_INPUT_NORMS = ("global", "band", "clip")
@@ -460,6 +463,16 @@ class Family(Section):
 
 
 @dataclass(frozen=True)
+class Baseline(Family):
+    """baseline@k: curated train folds from scratch, for the folds listed in `folds` (none by default:
+    the default run spends its time on the families it ensembles; the curated-only members are a
+    reference for ablations, and an ensemble member when `ensemble.members` lists them)."""
+
+    folds: tuple[int, ...] = knob((), "a list of distinct fold numbers", lambda v: len(set(v)) == len(v))
+    OWN_KEYS: typing.ClassVar[tuple[str, ...]] = ("folds",)
+
+
+@dataclass(frozen=True)
 class Retrain(Family):
     """retrain@k: curated train folds + pseudo@k clips, from the pretrained weights or from scratch."""
 
@@ -522,8 +535,8 @@ class Tta(Section):
 class Ensemble(Section):
     SECTION: typing.ClassVar[str] = "ensemble"
 
-    members: tuple[str, ...] = knob(FOLD_FAMILIES, f"a non-empty list of {list(FOLD_FAMILIES)}",
-                                    lambda v: len(v) > 0, choices=FOLD_FAMILIES)
+    members: tuple[str, ...] = knob(ENSEMBLE_FAMILIES, f"a non-empty list of distinct {list(FOLD_FAMILIES)}",
+                                    lambda v: len(v) > 0 and len(set(v)) == len(v), choices=FOLD_FAMILIES)
     use_tta: bool = knob(True)
     fold_agg: str = knob("mean", choices=("mean", "geomean"))
     max_corr: float = knob(0.97, "between -1 and 1", _between(-1, 1))
@@ -549,7 +562,7 @@ class Params(Section):
     dist: Dist = Dist()
     mixup: Mixup = Mixup()
     augment: Augment = Augment()
-    baseline: Family = Family()
+    baseline: Baseline = Baseline()
     pretrain: Family = field(default_factory=_pretrain_default)
     finetune: Family = Family()
     pseudo: Pseudo = Pseudo()
@@ -579,6 +592,13 @@ class Params(Section):
     def __post_init__(self):
         super().__post_init__()
         check_folds(self.cv)
+        extra = [k for k in self.baseline.folds if k not in self.cv.folds]
+        if extra:
+            raise ParamsError(f"params.yaml: baseline.folds has fold {extra[0]}, which cv.folds {list(self.cv.folds)} "
+                              "does not (an empty list trains no baseline member)")
+        if "baseline" in self.ensemble.members and sorted(self.baseline.folds) != list(self.cv.folds):
+            raise ParamsError(f"params.yaml: ensemble.members lists baseline, so baseline.folds must train every fold "
+                              f"{list(self.cv.folds)} (its out-of-fold predictions), got {list(self.baseline.folds)}")
         for family in ("baseline", "pretrain", "finetune", "retrain"):
             keys = self.train_for(family).noisy_keys()  # the merged settings are checked too
             if keys and family not in NOISY_FAMILIES:

@@ -1,5 +1,5 @@
-"""Stage `ensemble`: each family's scores (metrics/<family>.json), the correlation-filtered
-combination of the families -> data/submission.csv, the model
+"""Stage `ensemble`: the correlation-filtered combination of the families of `ensemble.members`
+(each scored by its predict stage in metrics/<family>.json) -> data/submission.csv, the model
 bundle data/models/ensemble (model card + fold models, what `fat predict` uses) and the headline
 metrics file metrics/summary.json (what `dvc exp show` and `dvc metrics diff` lead with)."""
 import argparse
@@ -11,7 +11,6 @@ from fat.data import tables as data
 from fat.evaluation import bundle, ensemble, plots, scoring, summary
 from fat.io import write_csv, write_json
 from fat.layout import Layout
-from fat.params import FOLD_FAMILIES
 
 LAYOUT = Layout()
 
@@ -20,18 +19,17 @@ def main():
     argparse.ArgumentParser(description=__doc__).parse_args()
     logger = log.stage("ensemble")
     p = params.load()
-    for family in FOLD_FAMILIES:  # scored here, not in a stage of their own: one stage start-up instead of four
-        scores = scoring.score_family(family, list(p.cv.folds))
-        write_json(LAYOUT.metrics(family), scores)
-        logger.info("%s: OOF lwlrap %s (TTA %s), test %s", family, scores["oof_lwlrap"], scores["oof_lwlrap_tta"],
-                    scores.get("test_lwlrap", "-"))
     result, submission, per_class = ensemble.run(p.ensemble, p.cv.folds, p.seed)
     folds = result.pop("folds")  # OOF lwlrap per member and fold: a table and a figure, not more metrics
     bundle.write(p, data.vocabulary(LAYOUT.raw), result, LAYOUT)
     result.pop("combiner")  # unrounded, in the model card
     write_csv(LAYOUT.submission, submission, float_format="%.6g")
     write_json(LAYOUT.metrics("ensemble"), result)
-    write_json(LAYOUT.metrics("summary"), summary.headline(result, LAYOUT))
+    # each member's scores as its predict stage wrote them to metrics/<family>.json, recomputed from
+    # data/preds (what this stage depends on) rather than read from another stage's metrics file
+    family_scores = {f: scoring.score_family(f, list(p.cv.folds), LAYOUT, from_preds=True) for f in p.ensemble.members}
+    write_json(LAYOUT.metrics("summary"), summary.headline(result, LAYOUT, families=p.ensemble.members,
+                                                           family_scores=family_scores))
     write_csv(LAYOUT.metrics_file("ensemble_per_class.csv"), per_class)
     scores = {m: v["oof_lwlrap"] for m, v in result["members"].items()}
     plots.save_png(plots.correlation_heatmap(result["correlation"], scores, result["kept"], result["dropped"],

@@ -1,5 +1,5 @@
-"""Stage `label_issues`: rank the curated and noisy clips whose given labels the baseline models
-(which never trained on them) disagree with; write the suggestions in the `data.corrections` format."""
+"""Stage `label_issues`: rank the curated and noisy clips whose given labels the fine-tuned fold
+models disagree with; write the suggestions in the `data.corrections` format."""
 from fat import repro
 
 REPRO = repro.configure()  # first: numpy and torch read their CPU settings once, when they load

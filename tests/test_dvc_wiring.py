@@ -137,7 +137,7 @@ def test_artifacts_are_models_inside_the_ensemble_bundle():
     bundle = next(next(iter(o)) if isinstance(o, dict) else o for o in doc["stages"]["ensemble"]["outs"]
                   if (next(iter(o)) if isinstance(o, dict) else o) == "data/models/ensemble")
     arts = doc["artifacts"]
-    assert set(arts) == {"ensemble", "baseline", "finetune", "retrain"}
+    assert set(arts) == {"ensemble", "finetune", "retrain"}
     for name, a in arts.items():
         assert re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", name)  # DVC's artifact name rule
         assert a["type"] == "model" and a["desc"] and a["labels"] and "audio-tagging" in a["labels"]

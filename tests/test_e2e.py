@@ -64,7 +64,7 @@ def repo(tmp_path_factory) -> Path:
             shutil.copy2(ROOT / f, dst / f)
     run(["git", "init", "-q"], dst)
     out = run(["fat", "preset", "tiny"], dst)  # as a user would: it also prunes the fold-2 lock entries
-    assert "baseline@2" in out and "baseline@2" not in yaml.safe_load((dst / "dvc.lock").read_text())["stages"]
+    assert "finetune@2" in out and "finetune@2" not in yaml.safe_load((dst / "dvc.lock").read_text())["stages"]
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], dst)
     return dst
@@ -80,9 +80,11 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
     folds = p.cv.folds
     expected = {"prepare", "report", "folds", "pretrain", "ensemble"}
     expected |= {f"features@{s}" for s in ("curated", "noisy", "test")}
-    for fam in ("baseline", "finetune", "retrain"):
+    for fam in ("finetune", "retrain"):
         expected |= {f"{fam}@{k}" for k in folds} | {f"predict@{fam}"}
+    expected |= {f"baseline@{k}" for k in p.baseline.folds}  # the tiny profile trains the opt-in family too
     expected |= {f"pseudo@{k}" for k in folds} | {"label_issues"}
+    assert list(p.baseline.folds) == list(folds)
     assert ran_stages(first_repro) == expected
     issues = corrections.read(repo / "metrics/label_issues.csv")  # a valid corrections file
     counts = json.loads((repo / "metrics/label_issues.json").read_text())
@@ -98,19 +100,28 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
     assert ((probs >= 0) & (probs <= 1)).all() and probs.std() > 0
 
     summary = json.loads((repo / "metrics/summary.json").read_text())  # the headline metrics file
-    assert list(summary) == ["ensemble", "baseline", "finetune", "retrain", "pretrain"]
+    assert list(summary) == ["ensemble", "finetune", "retrain", "pretrain"]
     card = json.loads((repo / "data/models/ensemble/card.json").read_text())
     assert card["classes"] == classes and summary["ensemble"]["kept"] == ", ".join(card["kept"])
-    for fam in ("baseline", "finetune", "retrain"):
-        for k in folds:  # the bundle's fold models are the members' own files
-            assert ((repo / f"data/models/ensemble/{fam}/fold{k}.pt").read_bytes()
-                    == (repo / f"data/models/{fam}/fold{k}/model.pt").read_bytes())
+    assert not (repo / "data/models/ensemble/baseline").exists()  # a reference, not an ensemble member
+    for k in folds:  # the baseline members score themselves: OOF lwlrap and test predictions
+        member = json.loads((repo / f"metrics/baseline/fold{k}.json").read_text())
+        assert 0 < member["lwlrap"] <= 1
+        assert len(pd.read_csv(repo / f"data/models/baseline/fold{k}/test.csv")) == len(test_fnames)
+    for fam in ("finetune", "retrain"):
+        for k in folds:  # the bundle's fold models are the members' own files (through predict@<family>'s copies)
+            model = (repo / f"data/models/{fam}/fold{k}/model.pt").read_bytes()
+            assert (repo / f"data/models/ensemble/{fam}/fold{k}.pt").read_bytes() == model
+            assert (repo / f"data/preds/{fam}/fold{k}/model.pt").read_bytes() == model
+            assert ((repo / f"data/preds/{fam}/fold{k}/plain_oof.csv").read_bytes()
+                    == (repo / f"data/models/{fam}/fold{k}/oof.csv").read_bytes())
     ens = json.loads((repo / "metrics/ensemble.json").read_text())
     assert 0 < ens["lwlrap"] <= 1 and 0 < ens["test_lwlrap"] <= 1
-    assert set(ens["members"]) == {"baseline", "finetune", "retrain"}
+    assert set(ens["members"]) == {"finetune", "retrain"}
     assert set(ens["kept"]) | set(ens["dropped"]) == set(ens["members"])
-    for fam in ("baseline", "finetune", "retrain"):
+    for fam in ("finetune", "retrain"):  # predict@<family>'s scores, the headline's figures
         m = json.loads((repo / f"metrics/{fam}.json").read_text())
+        assert {k: m[k] for k in summary[fam]} == summary[fam]
         assert set(m["folds"]) == {f"fold{k}" for k in folds}
         assert m["oof_clips"] == p.synth.curated.n_clips  # every curated clip scored exactly once
         for key in ("oof_lwlrap", "oof_lwlrap_tta", "test_lwlrap", "test_lwlrap_tta"):
@@ -126,7 +137,7 @@ def test_full_dag_runs_and_writes_the_contracted_outputs(repo, first_repro):
     assert 0 < report["noisy_vs_curated"]["total_variation"] < 1
     folds_table = pd.read_csv(repo / "metrics/ensemble_folds.csv")
     assert folds_table["fold"].tolist() == [f"fold{k}" for k in folds]
-    assert list(folds_table.columns[1:]) == ["baseline", "finetune", "retrain", "ensemble"]
+    assert list(folds_table.columns[1:]) == ["finetune", "retrain", "ensemble"]
     assert folds_table.iloc[:, 1:].map(lambda v: 0 < v <= 1).all().all()
     for fam in ("baseline", "finetune", "retrain"):  # DVCLive curves of every training stage and fold
         for k in folds:
@@ -264,12 +275,12 @@ def test_folds_train_in_parallel_with_dvc_wait_for_lock(repo, first_repro):
     """The parallel-folds recipe of docs/teams.md: one `dvc --wait-for-lock repro -s` per fold, two at a time.
     Both folds run, the lock file records both, and the results equal the serial run's."""
     before = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    proc = subprocess.run("printf 'baseline@%s\\n' 0 1 | xargs -P 2 -I{} dvc --wait-for-lock repro -f -s {}",
+    proc = subprocess.run("printf 'finetune@%s\\n' 0 1 | xargs -P 2 -I{} dvc --wait-for-lock repro -f -s {}",
                           shell=True, cwd=repo, capture_output=True, text=True, env=env())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert ran_stages(proc.stdout + proc.stderr) == {"baseline@0", "baseline@1"}
+    assert ran_stages(proc.stdout + proc.stderr) == {"finetune@0", "finetune@1"}
     after = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    for stage in ("baseline@0", "baseline@1"):
+    for stage in ("finetune@0", "finetune@1"):
         assert after[stage]["outs"] == before[stage]["outs"], f"{stage}: outputs differ from the serial run"
     assert json.loads(run(["dvc", "status", "--json"], repo)) == {}
 
@@ -342,7 +353,7 @@ def test_exp_run_reruns_only_what_depends_on_mixup(repo, alpha_exp):
     summary = json.loads((repo / "metrics" / "summary.json").read_text())
     headline = {f"{section}.{key}" for section, values in summary.items() for key in values}
     assert set(figures) <= headline | {"mixup.alpha"}, sorted(set(figures) - headline)  # nothing but the headline
-    assert figures[0].startswith(("ensemble.", "baseline.", "finetune.", "retrain.", "pretrain.")), figures
+    assert figures[0].startswith(("ensemble.", "finetune.", "retrain.", "pretrain.")), figures
     assert not [c for c in figures if "fold" in c or "correlation" in c], figures
     assert len(run(["dvc", "metrics", "diff", "--md"], repo).strip().splitlines()) <= 30
     params_diff = json.loads(run(["dvc", "params", "diff", "--json"], repo))

@@ -357,6 +357,10 @@ class Project:
                 rows = rows[::-1]
             save_predictions(where(family, k) / "oof.csv", [self.cur_fn[i] for i in rows], oof[rows], CLASSES)
             save_predictions(where(family, k) / "test.csv", self.test_fn, tests[k], CLASSES)
+            if source != "preds":  # and the copies predict@<family> leaves beside its TTA predictions
+                save_predictions(self.layout.preds(family, k) / "plain_oof.csv", [self.cur_fn[i] for i in rows],
+                                 oof[rows], CLASSES)
+                save_predictions(self.layout.preds(family, k) / "plain_test.csv", self.test_fn, tests[k], CLASSES)
 
     def test_mean(self, family, source="preds"):
         return np.mean(self.test[source][family], axis=0)

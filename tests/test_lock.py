@@ -98,8 +98,8 @@ def test_preset_prunes_the_folds_it_drops(tmp_path, capsys):
     out = capsys.readouterr().out
     names = set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
     assert not any(n.endswith(("@2", "-2")) for n in names), names
-    assert {"baseline@1", "retrain@1", "predict@retrain", "ensemble"} <= names
-    assert "baseline@2" in out and "retrain@2" in out
+    assert {"finetune@1", "retrain@1", "predict@retrain", "ensemble"} <= names
+    assert "finetune@2" in out and "retrain@2" in out
 
 
 def test_no_lock_file_is_left_alone_and_a_bad_one_is_named(tmp_path):
@@ -117,3 +117,27 @@ def test_committed_lock_holds_exactly_the_default_pipelines_stages():
     (every stale entry slows every DVC command), and none missing."""
     names = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
     assert names == lock.pipeline_stages(ROOT)
+
+
+def test_the_baseline_family_is_opt_in_and_nothing_downstream_reads_it(tmp_path):
+    """The default DAG has no baseline@k stage; `baseline.folds` adds exactly those members, and no
+    other stage depends on their outputs (so adding them reruns nothing else)."""
+    repo = tmp_path / "p"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc(["init", "-q"], repo)
+    default = set(dvc(["stage", "list", "--name-only"], repo).split())
+    assert {"finetune@0", "retrain@2", "predict@finetune", "label_issues", "ensemble"} <= default
+    assert not [n for n in default if n.startswith(("baseline", "predict@baseline"))], sorted(default)
+    params_file = repo / "params.yaml"
+    raw = yaml.safe_load(params_file.read_text())
+    raw["baseline"]["folds"] = [0, 2]
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    opted = set(dvc(["stage", "list", "--name-only"], repo).split())
+    assert opted - default == {"baseline@0", "baseline@2"}
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    readers = [name for name, st in doc["stages"].items() if name != "baseline"
+               and any(str(d).startswith("data/models/baseline") for d in st.get("do", st).get("deps", []))]
+    assert readers == []

@@ -354,6 +354,18 @@ def test_family_sections_override_train_settings():
         P.Params.build({"retrain": {"init": "finetune"}})
 
 
+def test_baseline_folds_pick_members_of_the_cv_folds_and_leave_the_train_settings_alone():
+    p = P.Params.build({"baseline": {"folds": [2, 0], "epochs": 4}})
+    assert p.baseline.folds == (2, 0) and p.train_for("baseline").epochs == 4
+    assert P.Params().baseline.folds == () and P.Params().ensemble.members == ("finetune", "retrain")
+    with pytest.raises(P.ParamsError, match=r"baseline\.folds has fold 3, which cv\.folds \[0, 1, 2\] does not"):
+        P.Params.build({"baseline": {"folds": [0, 3]}})
+    with pytest.raises(P.ParamsError, match=r"baseline\.folds must be a list of distinct fold numbers"):
+        P.Params.build({"baseline": {"folds": [1, 1]}})
+    with pytest.raises(P.ParamsError, match=r"ensemble\.members"):  # a reference, not an ensemble member
+        P.Params.build({"ensemble": {"members": ["baseline", "finetune"]}})
+
+
 def test_presets_give_valid_params():
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name in P.preset_names():

@@ -241,8 +241,8 @@ def test_the_stage_writes_a_bundle_of_cards_and_fold_model_copies(tmp_path):
     layout = Layout(tmp_path)
     for fam in FAMILIES:
         for k in P.cv.folds:
-            layout.member(fam, k).mkdir(parents=True)
-            (layout.member(fam, k) / "model.pt").write_bytes(f"{fam}{k}".encode())
+            layout.preds(fam, k).mkdir(parents=True)  # predict@<family>'s copy of the member's model
+            (layout.preds(fam, k) / "model.pt").write_bytes(f"{fam}{k}".encode())
     result = {"members": {f: {"oof_lwlrap": 0.5, "test_lwlrap": 0.4} for f in FAMILIES}, "kept": ["finetune"],
               "combiner": MEAN, "final": "finetune", "lwlrap": 0.5}
     out = bundle.write(P, CLASSES, result, layout)

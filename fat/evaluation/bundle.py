@@ -7,7 +7,8 @@ The `ensemble` stage writes `data/models/ensemble/`:
                          predicts (windows of its crop length, TTA settings and seeds), how the
                          folds are averaged, and the fitted combination of the kept members
                          (method, weights / stacker / the guard's single member), with its scores;
-  <family>/fold<k>.pt    every member's fold models (byte copies of data/models/<family>/fold<k>/model.pt);
+  <family>/fold<k>.pt    every member's fold models (byte copies of data/models/<family>/fold<k>/model.pt,
+                         taken from the copies predict@<family> leaves in data/preds/<family>/fold<k>/);
   <family>/card.json     the card of that family alone (its folds averaged the same way).
 
 Each directory with a card.json is self-contained: `dvc artifacts get REPO ensemble -o DIR` (the
@@ -75,9 +76,9 @@ def write(p: Params, classes: list[str], result: dict, layout: Layout = Layout()
         for fam in result["members"]:
             (tmp / fam).mkdir()
             for k in folds:
-                src = layout.member(fam, k) / "model.pt"
+                src = layout.preds(fam, k) / "model.pt"
                 if not src.is_file():
-                    raise FileNotFoundError(f"{src}: missing; member {fam}@{k} has no model")
+                    raise FileNotFoundError(f"{src}: missing; run predict@{fam} (it copies member {fam}@{k}'s model)")
                 shutil.copyfile(src, tmp / fam / f"fold{k}.pt")
             info = result["members"][fam]
             fam_scores = {k: info[k] for k in ("oof_lwlrap", "test_lwlrap") if k in info}

@@ -37,8 +37,9 @@ METHODS = ("mean", "weighted", "stack")
 
 def load_member(family: str, folds: list[int], layout: Layout, tta: bool, classes: list[str],
                 fold_agg: str = "mean"):
-    """(OOF fnames, OOF probs, test fnames, test probs aggregated over folds) of one family."""
-    preds = load_family(family, folds, layout, tta, classes)
+    """(OOF fnames, OOF probs, test fnames, test probs aggregated over folds) of one family, from
+    what its predict stage wrote (data/preds/<family>: the TTA predictions and copies of the plain ones)."""
+    preds = load_family(family, folds, layout, tta, classes, from_preds=True)
     return preds.oof_fnames, preds.oof_probs, preds.test_fnames, aggregate_folds(preds.test, fold_agg)
 
 

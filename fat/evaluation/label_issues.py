@@ -1,10 +1,12 @@
 """Label-issue report: the curated and noisy clips whose given labels the models disagree with,
 ranked, as suggested corrections in the `data.corrections` format (fat/data/corrections.py).
 
-Predictions come from models that never trained on the clip's given labels:
-  - curated clips: the baseline family's out-of-fold predictions (fold k's model never saw fold
-    k's clips);
-  - noisy clips: the mean of the baseline fold models, which train on curated clips only.
+Predictions come from the fine-tuned family (`finetune@k`, the family `pseudo@k` labels the noisy
+set with):
+  - curated clips: its out-of-fold predictions (fold k's model never saw fold k's clips);
+  - noisy clips: the mean of its fold models, which fine-tune on curated clips only. They start from
+    weights pretrained on the noisy set with its given labels, so those labels had a few epochs of
+    influence: docs/label-issues.md has the precision and recall this gives on real recordings.
 cleanlab's multi-label `find_label_issues` flags the clips (per class, from the confident joint of
 given labels and predictions), `get_label_quality_scores` scores every clip (0..1, low = the
 given labels are likely wrong); each split is examined on its own (their noise rates differ), and
@@ -210,14 +212,17 @@ def evaluate(issues: pd.DataFrame, provenance: pd.DataFrame, tops: list[int], *,
 
 
 # ----------------------------------------------------------------------------- the stage's work
-def baseline_predictions(layout, folds: list[int], classes: list[str], split: str) -> tuple[list[str], np.ndarray]:
-    """Predictions of models that never trained on `split`'s given labels: for curated, the
-    baseline members' out-of-fold predictions; for noisy, the mean of the baseline fold models
-    (trained on curated clips only) over the noisy set (plain windows, no TTA)."""
+FAMILY = "finetune"  # the fold family whose predictions judge the given labels
+
+
+def family_predictions(layout, folds: list[int], classes: list[str], split: str) -> tuple[list[str], np.ndarray]:
+    """The predictions that judge `split`'s given labels: for curated, the fine-tuned members'
+    out-of-fold predictions; for noisy, the mean of the fine-tuned fold models (trained on curated
+    clips, from the noisy-pretrained weights) over the noisy set (plain windows, no TTA)."""
     from fat.evaluation.oof import load_family
 
     if split == "curated":
-        fam = load_family("baseline", folds, layout, tta=False, classes=classes)
+        fam = load_family(FAMILY, folds, layout, tta=False, classes=classes)
         return fam.oof_fnames, fam.oof_probs
     from fat.device import pick_device
     from fat.evaluation.predict import predict_plain
@@ -230,10 +235,10 @@ def baseline_predictions(layout, folds: list[int], classes: list[str], split: st
     rows_ = store.position(table["fname"])
     probs = []
     for k in folds:
-        model, ckpt = models.load(layout.member("baseline", k) / "model.pt", classes=classes)
+        model, ckpt = models.load(layout.member(FAMILY, k) / "model.pt", classes=classes)
         model.to(device)
         probs.append(predict_plain(model, store, rows_, int(ckpt["crop_frames"]), device=device,
-                                   desc=f"label issues: {split} by baseline@{k}"))
+                                   desc=f"label issues: {split} by {FAMILY}@{k}"))
     return table["fname"].tolist(), np.mean(probs, axis=0)
 
 
@@ -242,7 +247,7 @@ def build(cfg, folds: list[int], layout) -> tuple[pd.DataFrame, dict, Figure]:
     classes = data.vocabulary(layout.raw)
     tables, scores, examined = [], {}, {}
     for split in cfg.splits:
-        fnames, probs = baseline_predictions(layout, folds, classes, split)
+        fnames, probs = family_predictions(layout, folds, classes, split)
         given_table = data.split_table(layout.raw, split).set_index("fname")
         given = data.multi_hot(given_table.loc[fnames, "labels"], classes)
         flagged, scores[split] = find_issues(given, probs, cfg.filter_by)

@@ -27,17 +27,24 @@ class FamilyPredictions:
         return np.concatenate([p for _, p in self.oof])
 
 
-def load_family(family: str, folds: list[int], layout: Layout, tta: bool, classes: list[str]) -> FamilyPredictions:
+PLAIN_COPY = "plain_"  # predict@<family> copies a member's plain oof.csv / test.csv as plain_oof.csv / plain_test.csv
+
+
+def load_family(family: str, folds: list[int], layout: Layout, tta: bool, classes: list[str],
+                from_preds: bool = False) -> FamilyPredictions:
     """The predictions of `family`'s fold members: plain (data/models/<family>/fold<k>) or
-    test-time-augmented (`tta`: data/preds/<family>/fold<k>). Raises ValueError naming the file
-    when the folds' out-of-fold clips overlap or their test clips differ."""
-    where = layout.preds if tta else layout.member
+    test-time-augmented (`tta`: data/preds/<family>/fold<k>). With `from_preds`, the plain ones
+    are read from the copies in data/preds/<family>/fold<k> (what the `ensemble` stage depends on).
+    Raises ValueError naming the file when the folds' out-of-fold clips overlap or their test
+    clips differ."""
+    where = layout.preds if tta or from_preds else layout.member
+    prefix = PLAIN_COPY if from_preds and not tta else ""
     oof, tests, test_fn = [], [], None
     for k in folds:
-        oof.append(load_predictions(where(family, k) / "oof.csv", classes))
-        tfn, tp = load_predictions(where(family, k) / "test.csv", classes)
+        oof.append(load_predictions(where(family, k) / f"{prefix}oof.csv", classes))
+        tfn, tp = load_predictions(where(family, k) / f"{prefix}test.csv", classes)
         if test_fn is not None and tfn != test_fn:
-            raise ValueError(f"{where(family, k) / 'test.csv'}: test clips differ from fold {folds[0]}")
+            raise ValueError(f"{where(family, k) / f'{prefix}test.csv'}: test clips differ from fold {folds[0]}")
         test_fn = tfn
         tests.append(tp)
     out = FamilyPredictions(list(folds), oof, test_fn, tests)

@@ -2,16 +2,24 @@
 family on its out-of-fold clips and on the test set (fat.evaluation.predict has the window and TTA
 maths). One stage per family, not per member: predicting is seconds per member, and a process per
 member paid the interpreter, torch and DVC's per-stage bookkeeping again for each (~4 s a stage);
-a change to one family's training still re-predicts only that family."""
+a change to one family's training still re-predicts only that family.
+
+Each member's directory under data/preds also gets byte copies of its model.pt and of its plain
+predictions (plain_oof.csv, plain_test.csv): the `ensemble` stage combines and bundles from
+data/preds alone, so it depends on the members it combines (whichever `ensemble.members` lists)
+through one declared directory."""
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 
 from fat import metrics
 from fat.device import pick_device
+from fat.evaluation.oof import PLAIN_COPY
 from fat.evaluation.predict import predict_tta
 from fat.features.store import FeatureStore
-from fat.io import load_predictions, save_predictions
+from fat.io import atomic_path, load_predictions, save_predictions
 from fat.layout import Layout, tta_seeds
 from fat.params import Augment, Tta
 from fat.training import models
@@ -50,6 +58,9 @@ def predict_member(family: str, fold: int, tta: Tta, augment: Augment, seed: int
     out = layout.preds(family, fold)
     save_predictions(out / "oof.csv", va_fnames, oof_tta, classes)
     save_predictions(out / "test.csv", test_store.fnames, test_tta, classes)
+    for name in ("model.pt", "oof.csv", "test.csv"):  # what the ensemble reads of the member, beside its TTA
+        with atomic_path(out / (name if name == "model.pt" else PLAIN_COPY + name)) as tmp:
+            shutil.copyfile(member / name, tmp)
     return {"fold": fold, "oof_lwlrap_plain": round(metrics.lwlrap(va_y, oof_plain), 6),
             "oof_lwlrap_tta": round(metrics.lwlrap(va_y, oof_tta), 6)}
 

@@ -88,7 +88,7 @@ def read_lock(root: Path) -> dict:
 
 def select(lock: dict, names: list[str]) -> list[str]:
     """Stages to check, in dvc.lock's order: every one, or the named ones (a foreach name such
-    as `baseline` stands for all its items)."""
+    as `finetune` stands for all its items)."""
     if not names:
         return [s for s, e in lock.items() if e.get("outs")]
     chosen = []
@@ -245,7 +245,7 @@ def add_parser(sub) -> None:
                                            "(the workspace is left as it was)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stages", nargs="*", metavar="STAGE",
-                   help="stages to check, e.g. features@noisy or baseline (all its folds); default: every stage")
+                   help="stages to check, e.g. features@noisy or finetune (all its folds); default: every stage")
     p.add_argument("--emulate", action="append", choices=sorted(repro.EMULATE),
                    help="also run under this instruction-set cap (repeatable; default: native)")
     p.add_argument("--cores", action="append", metavar="CPUS",

@@ -2,7 +2,7 @@
 
 DVC keeps a stage's lock entry after the stage disappears from the pipeline (treeverse/dvc#5293).
 Here stages disappear whenever the params shrink a `foreach` list: `fat preset fat2019` runs five
-folds, going back to the default's three leaves `baseline@3`, `baseline@4`, `retrain@3` … in
+folds, going back to the default's three leaves `finetune@3`, `finetune@4`, `retrain@3` … in
 dvc.lock for good. Those entries do nothing but cost time: DVC parses and rewrites the whole lock
 file (in pure Python) after every stage it runs and on most commands, so every stale entry slows
 every `dvc repro`, `dvc status` and `dvc exp run`. `prune` removes them, keeping the file's

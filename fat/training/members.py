@@ -1,7 +1,7 @@
 """Model families and what each trains on:
 
   pretrain   the whole noisy set with its own (unreliable) labels; scored on the curated set
-  baseline   curated train folds, from scratch
+  baseline   curated train folds, from scratch (opt-in: the folds in `baseline.folds`; not ensembled)
   finetune   curated train folds, initialised from the pretrained weights (transfer)
   retrain    curated train folds + the fold's pseudo-labelled noisy clips (pseudo@k); optionally the
              noisy-set methods of fat.training.noisy (noisy head, L-soft, relabelled share, MixMatch);
