@@ -48,6 +48,10 @@ class Layout:
     def pseudo(self, fold: int) -> Path:
         return self.root / "data/pseudo" / f"fold{fold}"
 
+    def pseudo_scores(self, fold: int) -> Path:
+        """pseudo@k's probabilities for every noisy clip (the fold-k fine-tuned model's plain windows)."""
+        return self.pseudo(fold) / "scores.csv"
+
     def preds(self, family: str, fold: int) -> Path:
         return self.root / "data/preds" / family / f"fold{fold}"
 

@@ -1,21 +1,17 @@
 """Stage `label_issues`: rank the curated and noisy clips whose given labels the fine-tuned fold
-models disagree with; write the suggestions in the `data.corrections` format."""
-from fat import repro
-
-REPRO = repro.configure()  # first: numpy and torch read their CPU settings once, when they load
-
-from fat import log, params  # noqa: E402
-from fat.evaluation import label_issues  # noqa: E402
-from fat.evaluation.plots import save_png  # noqa: E402
-from fat.io import write_csv, write_json  # noqa: E402
-from fat.layout import Layout  # noqa: E402
+models disagree with (their OOF predictions and pseudo@k's scores of the noisy set: no model runs
+here); write the suggestions in the `data.corrections` format."""
+from fat import log, params
+from fat.evaluation import label_issues
+from fat.evaluation.plots import save_png
+from fat.io import write_csv, write_json
+from fat.layout import Layout
 
 LAYOUT = Layout()
 
 
 def main():
     logger = log.stage("label_issues")
-    logger.info(repro.describe(REPRO))
     p = params.load()
     table, summary, fig = label_issues.build(p.label_issues, list(p.cv.folds), LAYOUT)
     write_csv(LAYOUT.metrics_file("label_issues.csv"), table)

@@ -205,3 +205,26 @@ def test_bad_input_names_the_file_and_the_rows(tmp_path, capsys):
     bad.write_text('split,fname,true_labels,given_labels\ntrain_noisy,n1.wav,,a\n')
     with pytest.raises(DataError, match=r"bad_prov.csv: column true_labels: empty on line\(s\) \[2\]"):
         li.read_provenance(bad)
+
+
+def test_the_noisy_split_is_judged_by_the_mean_of_the_pseudo_stages_scores(tmp_path):
+    """No model runs in the stage: the noisy clips' probabilities are pseudo@k's scores, averaged
+    over the folds; scores for other clips (or in another order) are refused, naming the file."""
+    from fat.io import save_predictions
+    from fat.layout import Layout
+
+    layout = Layout(tmp_path)
+    layout.raw.mkdir(parents=True)
+    fnames = ["n0.wav", "n1.wav", "n2.wav"]
+    pd.DataFrame({"fname": fnames, "labels": ["a", "b", "c,d"]}).to_csv(layout.raw / "train_noisy.csv", index=False)
+    pd.DataFrame(columns=["fname", *CLASSES]).to_csv(layout.raw / "sample_submission.csv", index=False)
+    rng = np.random.default_rng(0)
+    per_fold = [np.round(rng.uniform(size=(3, len(CLASSES))), 4) for _ in range(2)]
+    for k, p in enumerate(per_fold):
+        save_predictions(layout.pseudo_scores(k), fnames, p, CLASSES)
+    got, probs = li.family_predictions(layout, [0, 1], CLASSES, "noisy")
+    assert got == fnames
+    np.testing.assert_allclose(probs, np.mean(per_fold, axis=0), atol=1e-9)
+    save_predictions(layout.pseudo_scores(1), fnames[::-1], per_fold[1], CLASSES)
+    with pytest.raises(ValueError, match=r"fold1/scores\.csv: its clips are not the 3 clips of train_noisy\.csv"):
+        li.family_predictions(layout, [0, 1], CLASSES, "noisy")

@@ -368,6 +368,10 @@ def test_label_fold_writes_the_selected_noisy_clips(project):
     assert rep["noisy_clips"] == len(noisy)
     assert rep["kept"] == len(fnames)
 
+    scores = pd.read_csv(layout.pseudo_scores(0), dtype={"fname": str})  # every noisy clip, for label_issues
+    assert scores["fname"].tolist() == noisy["fname"].tolist()
+    np.testing.assert_allclose(scores[classes].to_numpy(), np.tile(FOLD_PROBS[0], (len(noisy), 1)), atol=1e-5)
+
 
 def test_label_fold_uses_only_its_own_fold_model(project):
     layout, classes = project

@@ -4,9 +4,10 @@ ranked, as suggested corrections in the `data.corrections` format (fat/data/corr
 Predictions come from the fine-tuned family (`finetune@k`, the family `pseudo@k` labels the noisy
 set with):
   - curated clips: its out-of-fold predictions (fold k's model never saw fold k's clips);
-  - noisy clips: the mean of its fold models, which fine-tune on curated clips only. They start from
-    weights pretrained on the noisy set with its given labels, so those labels had a few epochs of
-    influence: docs/label-issues.md has the precision and recall this gives on real recordings.
+  - noisy clips: the mean of its fold models' probabilities, as pseudo@k scored the noisy set with
+    them (data/pseudo/fold<k>/scores.csv: no model runs here). They fine-tune on curated clips
+    only, from weights pretrained on the noisy set with its given labels, so those labels had a few
+    epochs of influence: docs/label-issues.md has the precision and recall this gives on real recordings.
 cleanlab's multi-label `find_label_issues` flags the clips (per class, from the confident joint of
 given labels and predictions), `get_label_quality_scores` scores every clip (0..1, low = the
 given labels are likely wrong); each split is examined on its own (their noise rates differ), and
@@ -31,6 +32,7 @@ from matplotlib.figure import Figure
 from fat.data import files
 from fat.data import tables as data
 from fat.errors import DataError, rows
+from fat.io import load_predictions
 
 COLUMNS = ["fname", "action", "labels", "note", "split", "given", "score"]
 
@@ -217,29 +219,23 @@ FAMILY = "finetune"  # the fold family whose predictions judge the given labels
 
 def family_predictions(layout, folds: list[int], classes: list[str], split: str) -> tuple[list[str], np.ndarray]:
     """The predictions that judge `split`'s given labels: for curated, the fine-tuned members'
-    out-of-fold predictions; for noisy, the mean of the fine-tuned fold models (trained on curated
-    clips, from the noisy-pretrained weights) over the noisy set (plain windows, no TTA)."""
+    out-of-fold predictions; for noisy, the mean of the fine-tuned fold models' probabilities over
+    the noisy set (plain windows, no TTA), as pseudo@k wrote them (data/pseudo/fold<k>/scores.csv)."""
     from fat.evaluation.oof import load_family
 
     if split == "curated":
         fam = load_family(FAMILY, folds, layout, tta=False, classes=classes)
         return fam.oof_fnames, fam.oof_probs
-    from fat.device import pick_device
-    from fat.evaluation.predict import predict_plain
-    from fat.features.store import FeatureStore
-    from fat.training import models
-
-    device = pick_device()
-    table = data.split_table(layout.raw, split)
-    store = FeatureStore.open(layout.features(split))
-    rows_ = store.position(table["fname"])
+    fnames = data.split_table(layout.raw, split)["fname"].tolist()
     probs = []
     for k in folds:
-        model, ckpt = models.load(layout.member(FAMILY, k) / "model.pt", classes=classes)
-        model.to(device)
-        probs.append(predict_plain(model, store, rows_, int(ckpt["crop_frames"]), device=device,
-                                   desc=f"label issues: {split} by {FAMILY}@{k}"))
-    return table["fname"].tolist(), np.mean(probs, axis=0)
+        path = layout.pseudo_scores(k)
+        got, p = load_predictions(path, classes)
+        if list(got) != fnames:
+            raise ValueError(f"{path}: its clips are not the {len(fnames)} clips of train_{split}.csv, in that order "
+                             f"(rerun pseudo@{k}: its scores predate the current noisy set)")
+        probs.append(p)
+    return fnames, np.mean(probs, axis=0)
 
 
 def build(cfg, folds: list[int], layout) -> tuple[pd.DataFrame, dict, Figure]:

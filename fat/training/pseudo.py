@@ -132,29 +132,41 @@ def per_class_table(rep: dict) -> pd.DataFrame:
     return pd.DataFrame({"class": list(rep["per_class"]), "kept": list(rep["per_class"].values())})
 
 
-def score_and_select(model, crop_frames: int, cfg: Pseudo, layout: Layout, device, desc: str | None = None):
-    """Score the whole noisy set with `model` and select clips: (fnames, targets, report)."""
-    classes = data.vocabulary(layout.raw)
+def score_noisy(model, crop_frames: int, layout: Layout, device, desc: str | None = None):
+    """The noisy table and `model`'s plain-window probabilities for its clips, in table order."""
     table = data.split_table(layout.raw, "noisy")
     noisy = FeatureStore.open(layout.features("noisy"))
     probs = predict_plain(model, noisy, noisy.position(table["fname"]), int(crop_frames), device=device, desc=desc)
+    return table, probs
+
+
+def select_from_scores(table: pd.DataFrame, probs: np.ndarray, cfg: Pseudo, classes: list[str]):
+    """Select clips from the noisy set's probabilities: (fnames, targets, report)."""
     noisy_y = data.multi_hot(table["labels"], classes)
     idx, targets = select(probs, noisy_y, cfg)
     rep = report(idx, targets, probs, noisy_y, classes)
     return table["fname"].iloc[idx].tolist(), targets, rep
 
 
+def score_and_select(model, crop_frames: int, cfg: Pseudo, layout: Layout, device, desc: str | None = None):
+    """Score the whole noisy set with `model` and select clips: (fnames, targets, report)."""
+    table, probs = score_noisy(model, crop_frames, layout, device, desc)
+    return select_from_scores(table, probs, cfg, data.vocabulary(layout.raw))
+
+
 def label_fold(fold: int, cfg: Pseudo, layout: Layout | None = None) -> dict:
     """Score the noisy set with the fold-`fold` fine-tuned model, select clips and write
-    data/pseudo/fold<k>/labels.csv (fname + class targets) and per_class.csv. Returns the report."""
+    data/pseudo/fold<k>/labels.csv (fname + class targets), per_class.csv and scores.csv (the
+    model's probabilities for every noisy clip, which the label-issue report reuses). Returns the report."""
     layout = layout or Layout()
     device = pick_device()
     classes = data.vocabulary(layout.raw)
     model, ckpt = models.load(layout.member("finetune", fold) / "model.pt", classes=classes)
     model.to(device)
-    fnames, targets, rep = score_and_select(model, int(ckpt["crop_frames"]), cfg, layout, device,
-                                            desc=f"pseudo@{fold} score noisy")
+    table, probs = score_noisy(model, int(ckpt["crop_frames"]), layout, device, desc=f"pseudo@{fold} score noisy")
+    fnames, targets, rep = select_from_scores(table, probs, cfg, classes)
     out = layout.pseudo(fold)
     save_predictions(out / "labels.csv", fnames, targets, classes)
+    save_predictions(layout.pseudo_scores(fold), table["fname"].tolist(), probs, classes)
     write_csv(out / "per_class.csv", per_class_table(rep))
     return {"fold": fold, **rep}
