@@ -28,8 +28,7 @@ def main():
     # each member's scores as its predict stage wrote them to metrics/<family>.json, recomputed from
     # data/preds (what this stage depends on) rather than read from another stage's metrics file
     family_scores = {f: scoring.score_family(f, list(p.cv.folds), LAYOUT, from_preds=True) for f in p.ensemble.members}
-    write_json(LAYOUT.metrics("summary"), summary.headline(result, LAYOUT, families=p.ensemble.members,
-                                                           family_scores=family_scores))
+    write_json(LAYOUT.metrics("summary"), summary.headline(result, family_scores, LAYOUT))
     write_csv(LAYOUT.metrics_file("ensemble_per_class.csv"), per_class)
     scores = {m: v["oof_lwlrap"] for m, v in result["members"].items()}
     plots.save_png(plots.correlation_heatmap(result["correlation"], scores, result["kept"], result["dropped"],

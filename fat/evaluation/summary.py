@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 
 from fat.layout import Layout
-from fat.params import ENSEMBLE_FAMILIES
 
 FAMILY_KEYS = ("oof_lwlrap", "oof_lwlrap_tta", "test_lwlrap", "test_lwlrap_tta")
 
@@ -25,15 +24,13 @@ def _read(path) -> dict:
         raise FileNotFoundError(f"{path}: missing; the headline needs it (run the stage that writes it)") from None
 
 
-def headline(ensemble_result: dict, layout: Layout = Layout(), families=ENSEMBLE_FAMILIES,
-             family_scores: dict | None = None) -> dict:
-    """metrics/summary.json from the ensemble stage's result and each family's scores (as
-    fat.evaluation.scoring.score_family gives them; read from metrics/<family>.json when not given)."""
+def headline(ensemble_result: dict, family_scores: dict[str, dict], layout: Layout = Layout()) -> dict:
+    """metrics/summary.json from the ensemble stage's result and each member family's scores (as
+    fat.evaluation.scoring.score_family gives them), in `family_scores`' order."""
     out = {"ensemble": {k: ensemble_result[k] for k in ("lwlrap", "test_lwlrap") if k in ensemble_result}}
     out["ensemble"] = {("oof_lwlrap" if k == "lwlrap" else k): v for k, v in out["ensemble"].items()}
     out["ensemble"]["kept"] = ", ".join(ensemble_result["kept"])
-    for fam in families:
-        scores = family_scores[fam] if family_scores is not None else _read(layout.metrics(fam))
+    for fam, scores in family_scores.items():
         out[fam] = {k: scores[k] for k in FAMILY_KEYS if k in scores}
     pre = _read(layout.metrics("pretrain"))
     out["pretrain"] = {"curated_lwlrap": pre["curated_lwlrap"]}
