@@ -492,12 +492,12 @@ def _finetune_default() -> Family:
 
 
 def _retrain_default() -> Retrain:
-    """The shipped `retrain` section: 6 epochs, and the noisy-set settings, which only it may set: a
+    """The shipped `retrain` section: 10 epochs, and the noisy-set settings, which only it may set: a
     quarter of each batch raw noisy clips under L-soft (what measured best on real recordings and on
     the embedded data, README: the noisy-set methods), the rest off."""
     noisy = {f.name: f.default for f in dataclasses.fields(Train) if f.name.startswith(NOISY_PREFIXES)}
     noisy.update(noisy_share=0.25, noisy_loss="lsoft")
-    return Retrain(overrides=types.MappingProxyType({"epochs": 6, **noisy}))
+    return Retrain(overrides=types.MappingProxyType({"epochs": 10, **noisy}))
 
 
 @dataclass(frozen=True)
@@ -510,7 +510,7 @@ class Pseudo(Section):
     agree: bool = knob(True)
     targets: str = knob("hard", choices=("hard", "soft"))
     temperature: float = knob(0.5, "> 0", lambda v: v > 0)
-    max_clips: int = knob(0, ">= 0 (0 = no cap)", lambda v: v >= 0)
+    max_clips: int = knob(300, ">= 0 (0 = no cap)", lambda v: v >= 0)
     select: str = knob("confidence", choices=PSEUDO_SELECT)
     per_class_cap: int = knob(0, ">= 0 (0 = no cap)", lambda v: v >= 0)
 
