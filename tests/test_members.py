@@ -28,6 +28,7 @@ TINY = Params.build({
     "model": {"base_channels": 4, "n_blocks": 2},
     "train": {"crop_frames": 16, "batch_size": 8, "epochs": 2, "min_steps": 0},
     "pretrain": {"epochs": 1, "eval_every": 1},
+    "finetune": {"epochs": 2},
     "retrain": {"epochs": 2},
 })
 

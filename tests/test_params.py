@@ -375,6 +375,12 @@ def test_presets_give_valid_params():
         assert list(p.cv.folds) == list(range(p.cv.n_folds))
 
 
+def test_the_pseudo_cap_bounds_the_cpu_default_and_the_fat2019_preset_lifts_it():
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert P.Params.build(base).pseudo.max_clips == 300
+    assert P.Params.build(P.merge(base, P.load_preset("fat2019"))).pseudo.max_clips == 0
+
+
 def test_a_partial_synth_split_keeps_the_other_defaults():
     p = P.Params.build({"synth": {"noisy": {"n_clips": 10}}})
     assert p.synth.noisy.n_clips == 10 and p.synth.noisy.snr_db == (0.0, 15.0)
