@@ -349,6 +349,9 @@ class Train(Section):
     stretch: float = knob(0.0, ">= 0 (0 disables random-resized crops)", lambda v: v >= 0)
     label_smoothing: float = knob(0.1, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
     ema_decay: float = knob(0.0, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
+    # the members' training seed (initial weights, crop and batch order, masks, mixup); null = the top-level
+    # `seed`, which also makes the data and the folds: set this to vary the training alone
+    seed: int | None = knob(None, ">= 0 (null: the top-level seed)", lambda v: v >= 0)
     # the noisy-set methods (fat/training/noisy.py), retrain family only; each off by default
     noisy_share: float = knob(0.0, "between 0 (off) and 1 (exclusive)", lambda v: 0 <= v < 1)
     noisy_head: bool = knob(False)  # the raw noisy clips train a second head (joint training)
@@ -615,6 +618,12 @@ class Params(Section):
         """The `train` settings of `family`: the shared section with the family's overrides."""
         overrides = dict(getattr(self, family).overrides)
         return Train.build({**self.train.as_dict(), **overrides}, "train", owners=dict.fromkeys(overrides, family))
+
+    def training_seed(self, family: str) -> int:
+        """The seed `family`'s members train from: its `seed` setting (`train.seed` or the family's
+        override), else the top-level `seed` that also makes the data and the folds."""
+        own = self.train_for(family).seed
+        return self.seed if own is None else own
 
 
 def check_folds(cv: CV, path: str | Path = "params.yaml") -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import pandas as pd
 import pytest
 import torch
 
+from fat import params as P
 from fat.data import folds, synth
 from fat.data import tables as data
 from fat.features import extract
@@ -90,6 +92,21 @@ def test_same_params_give_byte_identical_member_outputs(project):
     members.train_member("baseline", 1, TINY, project)
     again = {n: (project.member("baseline", 1) / n).read_bytes() for n in first}
     assert first == again
+
+
+def test_a_family_seed_changes_its_members_training_and_nothing_else(project):
+    """`baseline.seed` (a train setting) retrains the baseline members from other initial weights and
+    crops on the same folds and data; set to the top-level seed, it is the default run again."""
+    members.train_member("baseline", 1, TINY, project)
+    default = (project.member("baseline", 1) / "oof.csv").read_bytes()
+    reseeded = dataclasses.replace(TINY, baseline=P.Baseline.build({"seed": 4}, "baseline"))
+    members.train_member("baseline", 1, reseeded, project)
+    other = pd.read_csv(project.member("baseline", 1) / "oof.csv")
+    assert (project.member("baseline", 1) / "oof.csv").read_bytes() != default
+    assert sorted(other["fname"]) == sorted(pd.read_csv(io.BytesIO(default))["fname"])  # the same held-out clips
+    same = dataclasses.replace(TINY, baseline=P.Baseline.build({"seed": TINY.seed}, "baseline"))
+    members.train_member("baseline", 1, same, project)
+    assert (project.member("baseline", 1) / "oof.csv").read_bytes() == default
 
 
 def test_finetune_starts_from_the_pretrained_backbone(project, monkeypatch):

@@ -278,6 +278,8 @@ def test_rejected_preset_leaves_no_temp_file(presets_dir, params_file):
     ("train", "epochs", '2.0', r"train\.epochs must be a whole number >= 1, got '2\.0'"),
     ("augment", "time_masks", 1.5, r"augment\.time_masks must be a whole number >= 0, got 1\.5"),
     ("train", "lr", 0, r"train\.lr must be > 0, got 0"),
+    ("train", "seed", -1, r"train\.seed must be a whole number >= 0 \(null: the top-level seed\), got -1"),
+    ("baseline", "seed", 1.5, r"baseline\.seed must be a whole number >= 0"),
     ("train", "weight_decay", -0.0001, r"train\.weight_decay must be >= 0"),
     ("train", "warmup", 1.0, r"train\.warmup must be between 0 and 1 \(exclusive\), got 1\.0"),
     ("augment", "p", 1.5, r"augment\.p must be between 0 and 1, got 1\.5"),
@@ -354,6 +356,14 @@ def test_family_sections_override_train_settings():
     assert p.train_for("retrain").epochs == 3 and p.retrain.init == "scratch"
     with pytest.raises(P.ParamsError, match=r"retrain\.init must be one of \['pretrain', 'scratch'\]"):
         P.Params.build({"retrain": {"init": "finetune"}})
+
+
+def test_the_training_seed_is_the_top_level_seed_unless_train_or_a_family_sets_its_own():
+    p = P.Params.build({"seed": 7})
+    assert p.train.seed is None and {p.training_seed(f) for f in ("pretrain", "baseline", "finetune")} == {7}
+    p = P.Params.build({"seed": 7, "train": {"seed": 11}, "baseline": {"seed": 2020}})
+    assert p.training_seed("baseline") == 2020 and p.training_seed("finetune") == 11
+    assert p.training_seed("pretrain") == 11 and p.seed == 7  # the data and the folds keep the top-level seed
 
 
 def test_baseline_folds_pick_members_of_the_cv_folds_and_leave_the_train_settings_alone():

@@ -108,7 +108,7 @@ def train_member(family: str, fold: int, p: Params, layout: Layout = Layout()) -
     device = dist.setup(pick_device()).device
     classes, store, tr_rows, tr_y, va_rows, va_y, va_fnames = curated_split(layout, fold)
     train = p.train_for(family)
-    seed = member_seed(p.seed, fold)
+    seed = member_seed(p.training_seed(family), fold)
     model = _build_model(p, seed, len(classes), store.n_mels)
     inputs = [layout.folds, *_feature_index(layout, "curated")]
     if family == "finetune" or (family == "retrain" and p.retrain.init == "pretrain"):
@@ -193,7 +193,7 @@ def train_pretrain(p: Params, layout: Layout = Layout()) -> dict | None:
     cur_table = tables.split_table(layout.raw, "curated")
     cur_rows, cur_y = curated.position(cur_table["fname"]), tables.multi_hot(cur_table["labels"], classes)
     train = p.train_for("pretrain")
-    seed = member_seed(p.seed, 99)
+    seed = member_seed(p.training_seed("pretrain"), 99)
     model = _build_model(p, seed, len(classes), noisy.n_mels)
     train_data = CropDataset(noisy, noisy.position(noisy_table["fname"]),
                              tables.multi_hot(noisy_table["labels"], classes), train.crop_frames, seed,
