@@ -1,5 +1,6 @@
-"""Strict reproducibility for CPU stages: the same outputs on any x86-64 CPU at or above one
-instruction-set level, with any number of cores, for the same params.
+"""Strict reproducibility for CPU stages: the same outputs, for the same params, on every run on
+one CPU model and on CPUs at or above one instruction-set level that share its cache sizes, with any
+number of cores.
 
 torch, oneDNN, oneMKL and numpy each pick their kernels at run time from the CPU's instruction sets,
 and results differ in the last bits between those kernels (a sum is reassociated to the vector
@@ -24,8 +25,10 @@ numpy or torch (these read the settings once, when they load), and it:
   `torch._inductor.config` reads when something does load it (`train.compile`).
 
 `configure()` returns what it set; `describe()` renders it for the log. Without `repro.strict`,
-only the thread count is fixed. What this does not cover (README: Reproducibility): a CPU below the
-level (it runs the lower kernels, so other bits), another torch/oneDNN/oneMKL version, GPUs.
+only the thread count is fixed. What this does not cover (docs/reproducibility.md): a CPU below the
+level (it runs the lower kernels, so other bits), a CPU with other L1/L2 cache sizes (oneDNN sizes
+its convolution blocks from them, so an Intel Xeon and an AMD EPYC sum in other orders), another
+torch/oneDNN/oneMKL version, GPUs.
 """
 from __future__ import annotations
 
