@@ -352,7 +352,7 @@ def test_family_sections_override_train_settings():
                         "retrain": {"init": "scratch", "epochs": 3}, "baseline": None})
     assert (p.train_for("pretrain").epochs, p.train_for("pretrain").lr) == (8, 0.01)
     assert p.train_for("baseline") == p.train  # no overrides
-    assert p.train_for("finetune") == dataclasses.replace(p.train, epochs=24)  # the shipped section's
+    assert p.train_for("finetune") == dataclasses.replace(p.train, epochs=32)  # the shipped section's
     assert p.train_for("retrain").epochs == 3 and p.retrain.init == "scratch"
     with pytest.raises(P.ParamsError, match=r"retrain\.init must be one of \['pretrain', 'scratch'\]"):
         P.Params.build({"retrain": {"init": "finetune"}})
